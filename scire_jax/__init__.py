@@ -1,4 +1,34 @@
-"""scire-jax: SciRE-Solver and baseline diffusion samplers for JAX."""
-from scire_jax import schedules
+"""scire-jax: SciRE-Solver and baseline diffusion samplers for JAX.
+
+Public API (DESIGN.md §3)::
+
+    import scire_jax as sj
+    schedule = sj.schedules.linear()
+    noise_fn = sj.wrap_model(apply_fn, schedule, prediction="noise")
+    solver = sj.SciRE(algorithm="v1", method="multistep", order=3, steps=10)
+    sample_fn = sj.make_sampler(solver, schedule, noise_fn)
+    x0 = jax.jit(sample_fn, static_argnums=2)(params, key, (16, 32, 32, 3))
+    sj.plan(solver, schedule)   # times, orders, phi, coefficients, NFE
+"""
+from scire_jax import schedules, timesteps
+from scire_jax.plan import Plan
+from scire_jax.sampling import initial_noise, make_sampler, plan, solve
+from scire_jax.solvers import DDIM, SciRE, series_phi
+from scire_jax.wrappers import (Classifier, ClassifierFree, DynamicThresholding, dynamic_thresholding,
+                                wrap_model)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "schedules", "timesteps", "Plan", "plan", "solve", "make_sampler", "initial_noise",
+    "SciRE", "DDIM", "series_phi",
+    "wrap_model", "ClassifierFree", "Classifier", "DynamicThresholding", "dynamic_thresholding",
+]
+
+
+def __getattr__(name):
+    # Heavier optional modules load on first use.
+    if name in ("analytic",):
+        import importlib
+        return importlib.import_module(f"scire_jax.{name}")
+    raise AttributeError(f"module 'scire_jax' has no attribute {name!r}")

@@ -1,0 +1,155 @@
+"""Public entry points: :func:`plan`, :func:`solve`, :func:`make_sampler`.
+
+Example:
+    >>> import jax, jax.numpy as jnp, scire_jax as sj
+    >>> schedule = sj.schedules.linear()
+    >>> model = sj.analytic.Gaussian(mean=jnp.zeros(2), std=jnp.ones(2))
+    >>> noise_fn = sj.analytic.model_fn(model, schedule)
+    >>> solver = sj.SciRE(algorithm="v1", method="multistep", order=2, steps=10)
+    >>> x0 = sj.solve(solver, schedule, noise_fn, None, jnp.ones((4, 2)))
+    >>> x0.shape
+    (4, 2)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from scire_jax.plan import Plan, execute_plan
+from scire_jax.schedules import NoiseSchedule
+from scire_jax.solvers import base
+
+__all__ = ["plan", "solve", "make_sampler", "initial_noise"]
+
+
+def _check_solver(solver) -> None:
+    if not hasattr(solver, "build_plan"):
+        raise ValueError(f"solver={solver!r} is not a solver configuration (sj.SciRE, sj.DDIM, sj.DPMSolver, sj.UniPC)")
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(solver, schedule) -> Plan:
+    return solver.build_plan(schedule)
+
+
+def plan(solver, schedule) -> Plan:
+    """The host-side plan of ``solver`` on ``schedule``: times, orders, phi, coefficients, NFE.
+
+    Plans are cached per (solver, schedule); all validation that depends on the schedule (time
+    range, degenerate grids) happens here, before anything is traced.
+
+    Example:
+        >>> import scire_jax as sj
+        >>> p = sj.plan(sj.SciRE(method="singlestep_fixed", order=3, steps=10), sj.schedules.linear())
+        >>> p.nfe
+        9
+    """
+    _check_solver(solver)
+    if not isinstance(schedule, NoiseSchedule):
+        raise ValueError(f"schedule={schedule!r} is not a scire_jax.schedules schedule")
+    return _cached_plan(solver, schedule)
+
+
+def _evaluator(noise_fn, params, thresholding):
+    noise_with_coefficients = getattr(noise_fn, "noise", None)
+
+    def evaluate(x, t, alpha, sigma, kind):
+        t_vector = jnp.broadcast_to(t, (x.shape[0],))
+        if noise_with_coefficients is not None:
+            eps = noise_with_coefficients(params, x, t_vector, alpha, sigma)
+        else:
+            eps = noise_fn(params, x, t_vector)
+        eps = jnp.asarray(eps)
+        if eps.shape != x.shape:
+            raise ValueError(f"noise_fn output has shape {eps.shape}, but x has shape {x.shape}: "
+                             f"the model must return a prediction of x's shape")
+        if not jnp.issubdtype(eps.dtype, jnp.floating):
+            raise ValueError(f"noise_fn output has dtype {eps.dtype}; a floating dtype is required")
+        eps = eps.astype(x.dtype)
+        if kind == "noise":
+            return eps
+        x0 = (x - sigma * eps) / alpha
+        if thresholding is not None:
+            x0 = thresholding(x0, t_vector).astype(x.dtype)
+        return x0
+
+    return evaluate
+
+
+def _state_dtype(dtype):
+    # Solver arithmetic is at least float32 even when the input (or the network) is bf16/fp16.
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def solve(solver, schedule, noise_fn: Callable, params, x_start, *, return_trajectory: bool = False,
+          callback: Optional[Callable] = None):
+    """Integrate the probability-flow ODE from ``x_start`` (at ``t_start``) to ``t_end``.
+
+    Args:
+      solver: a solver configuration (:class:`~scire_jax.SciRE`, :func:`~scire_jax.DDIM`, ...).
+      schedule: the noise schedule.
+      noise_fn: ``noise_fn(params, x, t) -> eps`` (e.g. from :func:`scire_jax.wrap_model`).
+      params: network parameters (any pytree; ``None`` for analytic models).
+      x_start: initial noisy sample ``x_T``, shape ``(batch, ...)``.
+      return_trajectory: also return ``x_t`` at ``plan.trajectory_times`` stacked on axis 0.
+      callback: optional host function ``callback(step, t)`` called once per step (progress).
+
+    Returns:
+      ``x`` at ``t_end`` (or the data prediction with ``denoise_to_zero``), optionally with the
+      trajectory.  Jit-able; the network is called exactly ``plan(solver, schedule).nfe`` times.
+    """
+    the_plan = plan(solver, schedule)
+    x_start = jnp.asarray(x_start)
+    if x_start.ndim < 1:
+        raise ValueError(f"x_start has shape {x_start.shape}: a leading batch axis is required")
+    x_start = x_start.astype(_state_dtype(x_start.dtype))
+    thresholding = base.resolve_thresholding(getattr(solver, "thresholding", None))
+    evaluate = _evaluator(noise_fn, params, thresholding)
+    return execute_plan(the_plan, evaluate, x_start, return_trajectory=return_trajectory,
+                        correct_xt=getattr(solver, "correct_xt", None), callback=callback)
+
+
+def initial_noise(key, shape, dtype=None):
+    """Standard normal ``x_T`` where sample ``i`` depends only on ``(key, i)``.
+
+    ``x_T[i] = normal(fold_in(key, i), shape[1:])``: the same key gives the same samples for any
+    batch split and any number of devices.
+    """
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    indices = jnp.arange(shape[0])
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape[1:]), dtype))(indices)
+
+
+def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_trajectory: bool = False,
+                 callback: Optional[Callable] = None):
+    """Build ``sample_fn(params, key, shape)`` that draws ``x_T`` and solves to ``t_end``.
+
+    The plan is built (and validated) now, on the host.  Use it as
+    ``jax.jit(sample_fn, static_argnums=2)(params, key, shape)``.
+
+    Args:
+      solver, schedule, noise_fn: as :func:`solve`.
+      dtype: dtype of ``x_T`` and of the solver arithmetic (default float32, float64 with x64).
+      return_trajectory: return ``(x, trajectory)``.
+      callback: per-step host callback ``callback(step, t)`` (progress display).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, scire_jax as sj
+        >>> schedule = sj.schedules.linear()
+        >>> noise_fn = sj.analytic.model_fn(sj.analytic.Gaussian(jnp.zeros(3), jnp.ones(3)), schedule)
+        >>> sample_fn = sj.make_sampler(sj.SciRE(steps=5), schedule, noise_fn)
+        >>> jax.jit(sample_fn, static_argnums=2)(None, jax.random.key(0), (2, 3)).shape
+        (2, 3)
+    """
+    plan(solver, schedule)  # validate and build before any tracing
+
+    def sample_fn(params, key, shape):
+        x_start = initial_noise(key, shape, dtype)
+        return solve(solver, schedule, noise_fn, params, x_start, return_trajectory=return_trajectory,
+                     callback=callback)
+
+    return sample_fn

@@ -1,0 +1,310 @@
+"""SciRE-Solver (Li et al.): recursive-difference solvers in the noise-to-signal ratio.
+
+Two variants integrate the probability-flow ODE ``y(t) = y(s) + int_{u(s)}^{u(t)} F du``:
+
+=========  =====================  =====================  ===============================
+variant    state ``y``            variable ``u``         model quantity ``F``
+=========  =====================  =====================  ===============================
+``v1``     ``x / alpha``          ``nu = sigma/alpha``   noise prediction ``eps``
+``v2``     ``x / sigma``          ``1 / nu``             data prediction ``x0`` (+thresholding)
+=========  =====================  =====================  ===============================
+
+The derivative of ``F`` is estimated by a *recursive difference*: finite differences divided by
+``phi``, where ``phi`` comes from the partial sums of the series of ``(1 - e^{-1})``
+(:func:`series_phi`).  With ``h = u_t - u_s``:
+
+* order 1 (= DDIM):                ``y_t = y_s + h F_s``
+* singlestep order 2:              ``y_t = y_s + h F_s + h / (2 r1 phi) (F_1 - F_s)``
+* singlestep order 3:              ``y_t = y_s + h F_s + h / (2 r2 phi) (F_2 - F_s)``
+* multistep order 2:               ``y_t = y + h F_0 + h / (2 phi) (F_0 - F_1) / rho^(1/4)``
+* multistep order 3:               ``y_t = y + h F_0 + h/(2 a0 phi) D1 + h/(6 a0 phi a1 phi) D2``
+
+(SPEC.md §4 has every coefficient.)  The official per-step ``phi`` schedule (SPEC.md §5) is
+reproduced by ``phi="official"``; a float gives a constant ``phi`` (2/3 as the README's EDM
+setting, ``1 - 1/e``, or ``1.0`` = plain finite differences, the variant of nominal order).
+
+Example:
+    >>> import scire_jax as sj
+    >>> solver = sj.SciRE(algorithm="v1", method="multistep", order=3, steps=10)
+    >>> sj.plan(solver, sj.schedules.linear()).nfe
+    10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+from typing import Any, Callable, List, Optional, Union
+
+import numpy as np
+
+from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.schedules import DiscreteSchedule
+from scire_jax.solvers import base
+from scire_jax.timesteps import NSR_SHIFT, SKIP_TYPES, time_grid
+
+__all__ = ["SciRE", "DDIM", "series_phi", "multistep_phi_schedule", "singlestep_phi_schedule"]
+
+ALGORITHMS = ("v1", "v2")
+METHODS = ("multistep", "singlestep_agile", "singlestep_fixed")
+
+
+def series_phi(x: float, n: int) -> List[float]:
+    """The official ``series_phi``: ``[S_3(x), ..., S_{n+2}(x)]``, ``S_m(x) = sum_{j=1}^m (-x)^(j-1) / j!``.
+
+    ``S_m(1) -> 1 - 1/e``; ``series_phi(1, 4) = [2/3, 5/8, 19/30, 91/144]``.
+
+    Args:
+      x: the series argument (only ``x = 1`` is used by the solver).
+      n: number of terms returned (``n >= 0``).
+
+    Returns:
+      A list of ``n`` floats.
+    """
+    partial_sums = []
+    total = 0.0
+    term = 1.0
+    for j in range(1, n + 3):
+        if j > 1:
+            term *= -x / j
+        total += term
+        partial_sums.append(total)
+    return partial_sums[2:n + 2]
+
+
+def multistep_phi_schedule(steps: int, order: int) -> List[float]:
+    """phi of multistep steps ``i = 1..steps`` (official HEAD schedule, SPEC.md §5.2)."""
+    phis = series_phi(1.0, steps + 1)
+    half = steps // 2
+    values = []
+    for i in range(1, steps + 1):
+        if i < order:
+            index = 2 * i - 1
+        elif i < half:
+            index = 2 * (i - order) + 1
+        elif i == half:
+            index = steps
+        else:
+            index = 2 * (steps - i)
+        values.append(phis[index])
+    return values
+
+
+def singlestep_phi_schedule(outer_steps: int, k: int) -> List[float]:
+    """phi of singlestep outer steps ``j = 0..outer_steps-1`` with ``K = k`` (SPEC.md §5.3)."""
+    phis = series_phi(1.0, k)
+    values = []
+    for j in range(outer_steps):
+        if j < k // 2:
+            index = 2 * j
+        elif j == k // 2:
+            index = k - 1
+        else:
+            index = 2 * (k - j) - 1
+            if index < 0:  # the agile extra step wraps like Python's phis[-1]
+                index += k
+        values.append(phis[index])
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class SciRE:
+    """SciRE-Solver configuration (frozen and hashable: usable as a static jit argument).
+
+    Args:
+      algorithm: ``"v1"`` (noise prediction, state ``x/alpha``) or ``"v2"`` (data prediction,
+        state ``x/sigma``).
+      method: ``"multistep"``, ``"singlestep_agile"`` (orders mixed so that NFE = steps) or
+        ``"singlestep_fixed"`` (``steps // order`` steps of ``order``; NFE = ``steps // order * order``).
+      order: 1, 2 or 3.
+      steps: number of steps N (the NFE budget), ``>= order``.
+      skip_type: time grid: ``"NSR"`` (SciRE's, default), ``"time_uniform"``, ``"time_quadratic"``,
+        ``"logSNR"`` or ``"karras"``.
+      t_start: start time (default: the schedule's ``t_max``).
+      t_end: end time (default: the schedule's ``t_min``, ``1/N_train`` for VP schedules).
+      lower_order_final: multistep: lower the order of the final steps (always applied, as the
+        official SciRE code does).
+      denoise_to_zero: finish with one data prediction at ``t_end`` (+1 NFE).
+      phi: ``"official"`` (the published per-step schedule) or a positive float constant.
+      thresholding: ``None``, ``"dynamic"``, :class:`scire_jax.DynamicThresholding` or a callable
+        ``(x0, t) -> x0`` applied to every data prediction.
+      correct_xt: optional ``(x_t, t, step) -> x_t`` applied after every step.
+      nsr_shift: ``k`` of the NSR time grid (3.1 as official; any k in [2, 7] per the authors).
+    """
+
+    algorithm: str = "v1"
+    method: str = "multistep"
+    order: int = 2
+    steps: int = 20
+    skip_type: str = "NSR"
+    t_start: Optional[float] = None
+    t_end: Optional[float] = None
+    lower_order_final: bool = True
+    denoise_to_zero: bool = False
+    phi: Union[str, float] = "official"
+    thresholding: Any = None
+    correct_xt: Optional[Callable] = None
+    nsr_shift: float = NSR_SHIFT
+
+    def __post_init__(self):
+        base.check_choice("algorithm", self.algorithm, ALGORITHMS)
+        base.check_choice("method", self.method, METHODS)
+        base.check_choice("order", self.order, base.ORDERS)
+        base.check_int("steps", self.steps, 1)
+        if self.steps < self.order:
+            raise ValueError(f"steps={self.steps!r} is not allowed with order={self.order}: "
+                             f"steps must be >= order")
+        base.check_choice("skip_type", self.skip_type, SKIP_TYPES)
+        base.check_optional_time("t_start", self.t_start)
+        base.check_optional_time("t_end", self.t_end)
+        if self.t_start is not None and self.t_end is not None and self.t_end >= self.t_start:
+            raise ValueError(f"t_end={self.t_end!r} is not allowed: it must be smaller than t_start={self.t_start!r}")
+        if not isinstance(self.phi, str):
+            if isinstance(self.phi, bool) or not isinstance(self.phi, numbers.Real) or not (
+                    math.isfinite(self.phi) and self.phi > 0):
+                raise ValueError(f"phi={self.phi!r} is not allowed: use 'official' or a finite float > 0")
+        elif self.phi != "official":
+            raise ValueError(f"phi={self.phi!r} is not allowed: use 'official' or a finite float > 0")
+        base.check_thresholding(self.thresholding)
+        if self.correct_xt is not None and not callable(self.correct_xt):
+            raise ValueError(f"correct_xt={self.correct_xt!r} is not allowed: it must be None or a callable")
+        if not (isinstance(self.nsr_shift, numbers.Real) and self.nsr_shift > 0):
+            raise ValueError(f"nsr_shift={self.nsr_shift!r} is not allowed: it must be > 0")
+        if self.method == "singlestep_fixed" and self.steps % self.order:
+            warnings.warn(f"SciRE singlestep_fixed with steps={self.steps}, order={self.order} makes "
+                          f"{self.steps // self.order * self.order} network calls (steps % order is dropped, "
+                          f"as the official code does); see plan(...).nfe", stacklevel=3)
+
+    @property
+    def model_kind(self) -> str:
+        return "noise" if self.algorithm == "v1" else "data"
+
+    # -- u, its inverse and the scaled space ---------------------------------------------------
+    def _u(self, schedule, t):
+        nsr = np.asarray(schedule.nsr(np.asarray(t, dtype=np.float64)))
+        return nsr if self.algorithm == "v1" else 1.0 / nsr
+
+    def _t_of_u(self, schedule, u):
+        u = np.asarray(u, dtype=np.float64)
+        return float(schedule.inverse_nsr(u if self.algorithm == "v1" else 1.0 / u))
+
+    def _phi_values(self, official: List[float]) -> List[float]:
+        return official if self.phi == "official" else [float(self.phi)] * len(official)
+
+    def build_plan(self, schedule) -> Plan:
+        """The host-side plan for ``schedule`` (see :mod:`scire_jax.plan`)."""
+        t_start, t_end = base.time_range(schedule, self.t_start, self.t_end)
+        space = base.ScaledSpace(schedule, "alpha" if self.algorithm == "v1" else "sigma")
+        if self.method == "multistep":
+            steps = self._multistep_steps(schedule, space, t_start, t_end)
+        else:
+            steps = self._singlestep_steps(schedule, space, t_start, t_end)
+        if self.denoise_to_zero:
+            steps.append(base.denoise_step(schedule, t_end))
+        return build_plan_from_steps(steps, t_start, t_end, self)
+
+    def _grid(self, schedule, t_start, t_end, n):
+        return time_grid(schedule, self.skip_type, t_start, t_end, n, nsr_shift=self.nsr_shift)
+
+    def _multistep_steps(self, schedule, space, t_start, t_end) -> List[Step]:
+        n, p = self.steps, self.order
+        grid = self._grid(schedule, t_start, t_end, n)
+        nsr = np.asarray(schedule.nsr(grid))
+        u = self._u(schedule, grid)
+        phis = self._phi_values(multistep_phi_schedule(n, p))
+        alpha0, sigma0 = base.coefficients(schedule, grid[0])
+        steps = [Step([grid[0]], [alpha0], [sigma0], [Combination(state=1.0)], Combination(state=1.0),
+                      time=float(grid[0]), push="stage0", kind=self.model_kind, order=0, initial=True)]
+        for i in range(1, n + 1):
+            if i < p:
+                q = i
+            else:
+                q = min(p, n + 1 - i) if self.lower_order_final else p
+            phi = phis[i - 1]
+            h = u[i] - u[i - 1]
+            if q == 1:
+                weights = {1: h}
+            elif q == 2:
+                rho = math.log(nsr[i - 2] / nsr[i - 1]) / math.log(nsr[i - 1] / nsr[i])
+                correction = h / (2.0 * phi) / math.pow(rho, 0.25)
+                weights = {1: h + correction, 2: -correction}
+            else:
+                a0 = phi * (nsr[i - 1] - nsr[i - 2]) / (nsr[i] - nsr[i - 1])
+                a1 = (phi / (1.0 + phi)) * (nsr[i - 2] - nsr[i - 3]) / (nsr[i - 1] - nsr[i - 2])
+                c1 = h / (2.0 * a0 * phi)
+                c2 = h / (6.0 * a0 * phi * a1 * phi)
+                weights = {1: h + c1 + c2, 2: -c1 - 2.0 * c2, 3: c2}
+            post = base.coefficients(schedule, grid[i]) if i < n else None
+            steps.append(Step([], [], [], [], space.combination(grid[i - 1], grid[i], history=weights),
+                              time=float(grid[i]), post_evaluation=post, push="post" if i < n else None,
+                              kind=self.model_kind, order=q, phi=phi if q > 1 else float("nan")))
+        return steps
+
+    def _inner_ratios(self, schedule, s, t, order):
+        """Official r1, r2: NSR ratios of the skip rule on [s, t] for discrete schedules, else defaults."""
+        if not isinstance(schedule, DiscreteSchedule) or order == 1:
+            return (0.5, None) if order == 2 else (1.0 / 3.0, 2.0 / 3.0)
+        inner = np.asarray(schedule.nsr(self._grid(schedule, s, t, order)))
+        r1 = (inner[1] - inner[0]) / (inner[order] - inner[0])
+        r2 = (inner[2] - inner[0]) / (inner[3] - inner[0]) if order == 3 else None
+        return float(r1), (None if r2 is None else float(r2))
+
+    def _singlestep_steps(self, schedule, space, t_start, t_end) -> List[Step]:
+        n, p = self.steps, self.order
+        k = n // p
+        if self.method == "singlestep_agile":
+            orders = base.agile_orders(n, p)
+            grid = self._grid(schedule, t_start, t_end, n)
+            outer = grid[np.cumsum([0] + orders)]
+        else:
+            orders = [p] * k
+            outer = self._grid(schedule, t_start, t_end, k)
+        phis = self._phi_values(singlestep_phi_schedule(len(orders), k))
+        steps = []
+        for j, order in enumerate(orders):
+            s, t = float(outer[j]), float(outer[j + 1])
+            phi = phis[j]
+            u_s, u_t = float(self._u(schedule, s)), float(self._u(schedule, t))
+            h = u_t - u_s
+            alpha_s, sigma_s = base.coefficients(schedule, s)
+            times, alphas, sigmas = [s], [alpha_s], [sigma_s]
+            inputs = [Combination(state=1.0)]
+            if order == 1:
+                output = space.combination(s, t, stages={0: h})
+            else:
+                r1, r2 = self._inner_ratios(schedule, s, t, order)
+                s1 = self._t_of_u(schedule, u_s + r1 * h)
+                times.append(s1)
+                inputs.append(space.combination(s, s1, stages={0: r1 * h}))
+                if order == 2:
+                    c = h / (2.0 * r1 * phi)
+                    output = space.combination(s, t, stages={0: h - c, 1: c})
+                else:
+                    s2 = self._t_of_u(schedule, u_s + r2 * h)
+                    times.append(s2)
+                    c_inner = r2 * h / (2.0 * r1 * phi)
+                    inputs.append(space.combination(s, s2, stages={0: r2 * h - c_inner, 1: c_inner}))
+                    c = h / (2.0 * r2 * phi)
+                    output = space.combination(s, t, stages={0: h - c, 2: c})
+                for extra in times[1:]:
+                    a, b = base.coefficients(schedule, extra)
+                    alphas.append(a)
+                    sigmas.append(b)
+            steps.append(Step(times, alphas, sigmas, inputs, output, time=t, kind=self.model_kind,
+                              order=order, phi=phi if order > 1 else float("nan")))
+        return steps
+
+
+def DDIM(steps: int = 20, skip_type: str = "time_uniform", t_start: Optional[float] = None,
+         t_end: Optional[float] = None, denoise_to_zero: bool = False, thresholding: Any = None) -> SciRE:
+    """DDIM (eta = 0): first-order SciRE v1, ``x_t = (alpha_t / alpha_s) x_s + alpha_t (nu_t - nu_s) eps_s``.
+
+    Example:
+        >>> import scire_jax as sj
+        >>> sj.plan(sj.DDIM(steps=10), sj.schedules.linear()).nfe
+        10
+    """
+    return SciRE(algorithm="v1", method="multistep", order=1, steps=steps, skip_type=skip_type,
+                 t_start=t_start, t_end=t_end, denoise_to_zero=denoise_to_zero, thresholding=thresholding)
