@@ -13,7 +13,7 @@ Public API (DESIGN.md §3)::
 from scire_jax import schedules, timesteps
 from scire_jax.plan import Plan
 from scire_jax.sampling import initial_noise, make_sampler, plan, solve
-from scire_jax.solvers import DDIM, SciRE, series_phi
+from scire_jax.solvers import DDIM, DPMSolver, SciRE, UniPC, series_phi
 from scire_jax.wrappers import (Classifier, ClassifierFree, DynamicThresholding, dynamic_thresholding,
                                 wrap_model)
 
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "schedules", "timesteps", "Plan", "plan", "solve", "make_sampler", "initial_noise",
-    "SciRE", "DDIM", "series_phi",
+    "SciRE", "DDIM", "DPMSolver", "UniPC", "series_phi",
     "wrap_model", "ClassifierFree", "Classifier", "DynamicThresholding", "dynamic_thresholding",
 ]
 

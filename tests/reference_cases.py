@@ -122,8 +122,11 @@ def noise_function(case, schedule_):
             return the_model.log_prob_condition(x, _t_continuous(case, schedule_, t_input), schedule_, condition)
         guidance = sj.Classifier(classifier_fn, scale=wrapper["guidance_scale"],
                                  condition=jnp.asarray(wrapper["condition"]))
-    return sj.wrap_model(raw_apply_fn(case, schedule_, the_model), schedule_,
-                         prediction=wrapper["model_type"], guidance=guidance)
+    # The official wrappers feed 1000 (t - 1/N) (SciRE: also for 'linear') or t (DPM-Solver's 'linear',
+    # cosine): our explicit time_input option.
+    discrete_time = wrapper["t_input_inverse"].startswith("t_continuous = t_input / 1000")
+    return sj.wrap_model(raw_apply_fn(case, schedule_, the_model), schedule_, prediction=wrapper["model_type"],
+                         time_input="discrete" if discrete_time else "continuous", guidance=guidance)
 
 
 def _scale_corrector(factor):

@@ -1,0 +1,253 @@
+"""DPM-Solver and DPM-Solver++ (Lu et al.) as plans for the shared executor.
+
+Exponential integrators in the half log-SNR ``lambda = log(alpha / sigma)``, ``h = lambda_t - lambda_s``:
+
+* DPM-Solver (noise prediction), first order: ``x_t = (alpha_t/alpha_s) x_s - sigma_t (e^h - 1) eps_s``;
+* DPM-Solver++ (data prediction), first order: ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) x0_s``;
+
+and their singlestep (2/3 stages) and multistep (2/3 history terms) higher orders with the
+``"dpmsolver"`` or ``"taylor"`` correction terms, exactly as ``dpm_solver_pytorch.py`` (SPEC.md §9),
+including its rule that ``lower_order_final`` only acts for fewer than 10 steps.  The adaptive
+method is not provided.
+
+Example:
+    >>> import scire_jax as sj
+    >>> sj.plan(sj.DPMSolver(algorithm="dpmsolver++", order=2, steps=10), sj.schedules.linear()).nfe
+    10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.solvers import base
+from scire_jax.timesteps import time_grid
+
+__all__ = ["DPMSolver"]
+
+ALGORITHMS = ("dpmsolver", "dpmsolver++")
+METHODS = ("multistep", "singlestep", "singlestep_fixed")
+SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
+SOLVER_TYPES = ("dpmsolver", "taylor")
+
+
+def _scaled(terms: Dict[int, float], factor: float) -> Dict[int, float]:
+    return {key: factor * value for key, value in terms.items()}
+
+
+def _add(*terms: Dict[int, float]) -> Dict[int, float]:
+    total: Dict[int, float] = {}
+    for term in terms:
+        for key, value in term.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def _difference(a: int, b: int, divisor: float = 1.0) -> Dict[int, float]:
+    """``(F_a - F_b) / divisor`` as a coefficient map."""
+    return {a: 1.0 / divisor, b: -1.0 / divisor}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Exponential:
+    """Per-interval exponential-integrator quantities of one of the two algorithms."""
+
+    data: bool  # dpmsolver++ (data prediction) or dpmsolver (noise prediction)
+
+    def phi_1(self, h):
+        return math.expm1(-h) if self.data else math.expm1(h)
+
+    def phi_2(self, h):
+        return self.phi_1(h) / h + 1.0 if self.data else self.phi_1(h) / h - 1.0
+
+    def phi_3(self, h):
+        return self.phi_2(h) / h - 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class DPMSolver:
+    """DPM-Solver / DPM-Solver++ configuration (frozen, hashable).
+
+    Args:
+      algorithm: ``"dpmsolver"`` (noise prediction) or ``"dpmsolver++"`` (data prediction).
+      method: ``"multistep"``, ``"singlestep"`` (DPM-Solver's "fast" order mix, NFE = steps) or
+        ``"singlestep_fixed"``.
+      order: 1, 2 or 3.
+      steps: number of steps / NFE budget.
+      skip_type: ``"logSNR"`` (default), ``"time_uniform"`` or ``"time_quadratic"``.
+      solver_type: ``"dpmsolver"`` or ``"taylor"`` (form of the second-order correction).
+      t_start, t_end: integration range (defaults: the schedule's ``t_max``, ``t_min``).
+      lower_order_final: lower the final orders -- only when ``steps < 10``, as the official code.
+      denoise_to_zero: finish with a data prediction at ``t_end`` (+1 NFE).
+      thresholding: corrector of every data prediction (``"dynamic"``, a
+        :class:`scire_jax.DynamicThresholding` or a callable ``(x0, t) -> x0``).
+      correct_xt: optional ``(x_t, t, step) -> x_t`` after each step.
+    """
+
+    algorithm: str = "dpmsolver++"
+    method: str = "multistep"
+    order: int = 2
+    steps: int = 20
+    skip_type: str = "logSNR"
+    solver_type: str = "dpmsolver"
+    t_start: Optional[float] = None
+    t_end: Optional[float] = None
+    lower_order_final: bool = True
+    denoise_to_zero: bool = False
+    thresholding: Any = None
+    correct_xt: Optional[Callable] = None
+
+    def __post_init__(self):
+        base.check_choice("algorithm", self.algorithm, ALGORITHMS)
+        if self.method == "adaptive":
+            raise ValueError("method='adaptive' is not provided by scire-jax (yet); allowed: "
+                             f"{METHODS}")
+        base.check_choice("method", self.method, METHODS)
+        base.check_choice("order", self.order, base.ORDERS)
+        base.check_int("steps", self.steps, 1)
+        if self.steps < self.order:
+            raise ValueError(f"steps={self.steps!r} is not allowed with order={self.order}: steps must be >= order")
+        base.check_choice("skip_type", self.skip_type, SKIP_TYPES)
+        base.check_choice("solver_type", self.solver_type, SOLVER_TYPES)
+        base.check_optional_time("t_start", self.t_start)
+        base.check_optional_time("t_end", self.t_end)
+        if self.t_start is not None and self.t_end is not None and self.t_end >= self.t_start:
+            raise ValueError(f"t_end={self.t_end!r} is not allowed: it must be smaller than t_start={self.t_start!r}")
+        base.check_thresholding(self.thresholding)
+        if self.correct_xt is not None and not callable(self.correct_xt):
+            raise ValueError(f"correct_xt={self.correct_xt!r} is not allowed: it must be None or a callable")
+
+    @property
+    def model_kind(self) -> str:
+        return "data" if self.algorithm == "dpmsolver++" else "noise"
+
+    def build_plan(self, schedule) -> Plan:
+        t_start, t_end = base.time_range(schedule, self.t_start, self.t_end)
+        if self.method == "multistep":
+            steps = self._multistep_steps(schedule, t_start, t_end)
+        else:
+            steps = self._singlestep_steps(schedule, t_start, t_end)
+        if self.denoise_to_zero:
+            steps.append(base.denoise_step(schedule, t_end))
+        return build_plan_from_steps(steps, t_start, t_end, self)
+
+    # -- the x-space combination of an update from s to t ------------------------------------------
+    def _combination(self, schedule, s, t, terms: Dict[int, float], exponential: _Exponential, first: int):
+        """``x_t = ratio x_s + coef_t * (-phi_1 F_first + terms)``, ``coef_t`` = alpha_t (++) or sigma_t."""
+        log_alpha_s, log_alpha_t = float(schedule.log_alpha(np.float64(s))), float(schedule.log_alpha(np.float64(t)))
+        alpha_t, sigma_t = base.coefficients(schedule, t)
+        alpha_s, sigma_s = base.coefficients(schedule, s)
+        h = float(schedule.log_snr(np.float64(t))) - float(schedule.log_snr(np.float64(s)))
+        if exponential.data:
+            ratio, coef = sigma_t / sigma_s, alpha_t
+        else:
+            ratio, coef = math.exp(log_alpha_t - log_alpha_s), sigma_t
+        weights = _add({first: -exponential.phi_1(h)}, terms)
+        return ratio, _scaled(weights, coef)
+
+    def _multistep_steps(self, schedule, t_start, t_end) -> List[Step]:
+        n, p = self.steps, self.order
+        grid = time_grid(schedule, self.skip_type, t_start, t_end, n)
+        lam = np.asarray(schedule.log_snr(grid))
+        exponential = _Exponential(self.model_kind == "data")
+        alpha0, sigma0 = base.coefficients(schedule, grid[0])
+        steps = [Step([grid[0]], [alpha0], [sigma0], [Combination(state=1.0)], Combination(state=1.0),
+                      time=float(grid[0]), push="stage0", kind=self.model_kind, order=0, initial=True)]
+        sign = -1.0 if exponential.data else 1.0  # the ++ corrections enter with the opposite sign
+        for i in range(1, n + 1):
+            if i < p:
+                q = i
+            elif self.lower_order_final and n < 10:
+                q = min(p, n + 1 - i)
+            else:
+                q = p
+            h = lam[i] - lam[i - 1]
+            if q == 1:
+                terms: Dict[int, float] = {}
+            elif q == 2:
+                r0 = (lam[i - 1] - lam[i - 2]) / h
+                d1_0 = _difference(1, 2, r0)
+                if self.solver_type == "dpmsolver":
+                    terms = _scaled(d1_0, -0.5 * exponential.phi_1(h))
+                else:
+                    terms = _scaled(d1_0, -sign * exponential.phi_2(h))
+            else:
+                r0 = (lam[i - 1] - lam[i - 2]) / h
+                r1 = (lam[i - 2] - lam[i - 3]) / h
+                d1_0 = _difference(1, 2, r0)
+                d1_1 = _difference(2, 3, r1)
+                d1 = _add(d1_0, _scaled(_add(d1_0, _scaled(d1_1, -1.0)), r0 / (r0 + r1)))
+                d2 = _scaled(_add(d1_0, _scaled(d1_1, -1.0)), 1.0 / (r0 + r1))
+                terms = _add(_scaled(d1, -sign * exponential.phi_2(h)), _scaled(d2, -exponential.phi_3(h)))
+            ratio, weights = self._combination(schedule, grid[i - 1], grid[i], terms, exponential, first=1)
+            post = base.coefficients(schedule, grid[i]) if i < n else None
+            steps.append(Step([], [], [], [], Combination(state=ratio, history=weights), time=float(grid[i]),
+                              post_evaluation=post, push="post" if i < n else None, kind=self.model_kind, order=q))
+        return steps
+
+    def _singlestep_steps(self, schedule, t_start, t_end) -> List[Step]:
+        n, p = self.steps, self.order
+        if self.method == "singlestep":
+            orders = base.agile_orders(n, p)
+            if self.skip_type == "logSNR":
+                outer = time_grid(schedule, self.skip_type, t_start, t_end, len(orders))
+            else:
+                outer = time_grid(schedule, self.skip_type, t_start, t_end, n)[np.cumsum([0] + orders)]
+        else:
+            orders = [p] * (n // p)
+            outer = time_grid(schedule, self.skip_type, t_start, t_end, n // p)
+        exponential = _Exponential(self.model_kind == "data")
+        sign = -1.0 if exponential.data else 1.0
+        steps = []
+        for j, order in enumerate(orders):
+            s, t = float(outer[j]), float(outer[j + 1])
+            inner = np.asarray(schedule.log_snr(time_grid(schedule, self.skip_type, s, t, order)))
+            h = inner[-1] - inner[0]
+            lam_s = float(schedule.log_snr(np.float64(s)))
+            alpha_s, sigma_s = base.coefficients(schedule, s)
+            times, alphas, sigmas = [s], [alpha_s], [sigma_s]
+            inputs = [Combination(state=1.0)]
+
+            def stage(ratio_r, extra_terms):
+                """Stage at lambda_s + r h with first-order part and extra terms."""
+                time = float(schedule.inverse_log_snr(lam_s + ratio_r * h))
+                ratio, weights = self._combination(schedule, s, time, extra_terms, exponential, first=0)
+                times.append(time)
+                a, b = base.coefficients(schedule, time)
+                alphas.append(a)
+                sigmas.append(b)
+                inputs.append(Combination(state=ratio, stages=weights))
+                return time
+
+            if order == 1:
+                terms: Dict[int, float] = {}
+            elif order == 2:
+                r1 = (inner[1] - inner[0]) / h
+                stage(r1, {})
+                if self.solver_type == "dpmsolver":
+                    terms = _scaled(_difference(1, 0), -(0.5 / r1) * exponential.phi_1(h))
+                else:
+                    terms = _scaled(_difference(1, 0), -sign * (1.0 / r1) * exponential.phi_2(h))
+            else:
+                r1 = (inner[1] - inner[0]) / h
+                r2 = (inner[2] - inner[0]) / h
+                stage(r1, {})
+                phi_22 = exponential.phi_2(r2 * h)
+                stage(r2, _scaled(_difference(1, 0), -sign * (r2 / r1) * phi_22))
+                if self.solver_type == "dpmsolver":
+                    terms = _scaled(_difference(2, 0), -sign * (1.0 / r2) * exponential.phi_2(h))
+                else:
+                    d1_0 = _difference(1, 0, r1)
+                    d1_1 = _difference(2, 0, r2)
+                    d1 = _scaled(_add(_scaled(d1_0, r2), _scaled(d1_1, -r1)), 1.0 / (r2 - r1))
+                    d2 = _scaled(_add(d1_1, _scaled(d1_0, -1.0)), 2.0 / (r2 - r1))
+                    terms = _add(_scaled(d1, -sign * exponential.phi_2(h)), _scaled(d2, -exponential.phi_3(h)))
+            ratio, weights = self._combination(schedule, s, t, terms, exponential, first=0)
+            steps.append(Step(times, alphas, sigmas, inputs, Combination(state=ratio, stages=weights),
+                              time=t, kind=self.model_kind, order=order))
+        return steps

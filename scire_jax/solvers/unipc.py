@@ -1,0 +1,143 @@
+"""UniPC (Zhao et al. 2023): multistep predictor (UniP) + corrector (UniC), B(h) variants bh1 / bh2.
+
+With ``h = lambda_t - lambda_0``, ``hh = -h`` (data prediction) or ``h`` (noise prediction) and
+``r_k = (lambda_{-k} - lambda_0) / h`` of the earlier points, ``D_k = (F_{-k} - F_0) / r_k``:
+
+    x_t^base = ratio x - c_t (e^{hh} - 1) F_0              (c_t = alpha_t or sigma_t)
+    x_t^pred = x_t^base - c_t B(h) sum_k rho^p_k D_k
+    x_t^corr = x_t^base - c_t B(h) (sum_k rho^c_k D_k + rho^c_last (F(x_t^pred, t) - F_0))
+
+``rho`` solve ``R rho = b`` with ``R_{ik} = r_k^{i-1}`` and ``b_i = i! h phi_{i+1}(hh) / B(h)``,
+``B(h) = hh`` (bh1) or ``e^{hh} - 1`` (bh2).  The model output at the *predicted* point is reused as
+history, so the corrector costs no extra network call (NFE = steps); the last step is not corrected.
+The corrector raises the order by one: UniPC-p converges at order p + 1.
+
+Example:
+    >>> import scire_jax as sj
+    >>> sj.plan(sj.UniPC(order=2, steps=10), sj.schedules.linear()).nfe
+    10
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.solvers import base
+from scire_jax.timesteps import SKIP_TYPES, time_grid
+
+__all__ = ["UniPC"]
+
+VARIANTS = ("bh1", "bh2")
+PREDICTIONS = ("data", "noise")
+
+
+@dataclasses.dataclass(frozen=True)
+class UniPC:
+    """UniPC multistep configuration (frozen, hashable).
+
+    Args:
+      variant: ``"bh1"`` or ``"bh2"`` (``B(h)``).
+      order: 1, 2 or 3 (predictor order; the corrected scheme is one order higher).
+      steps: number of steps = NFE.
+      skip_type: time grid (default ``"logSNR"``).
+      prediction: ``"data"`` (UniPC with x0 prediction, default) or ``"noise"``.
+      t_start, t_end, lower_order_final, denoise_to_zero, thresholding, correct_xt: as
+        :class:`scire_jax.SciRE` (``lower_order_final`` applies for every ``steps``, as the UniPC code).
+    """
+
+    variant: str = "bh2"
+    order: int = 2
+    steps: int = 20
+    skip_type: str = "logSNR"
+    prediction: str = "data"
+    t_start: Optional[float] = None
+    t_end: Optional[float] = None
+    lower_order_final: bool = True
+    denoise_to_zero: bool = False
+    thresholding: Any = None
+    correct_xt: Optional[Callable] = None
+
+    def __post_init__(self):
+        base.check_choice("variant", self.variant, VARIANTS)
+        base.check_choice("order", self.order, base.ORDERS)
+        base.check_int("steps", self.steps, 1)
+        if self.steps < self.order:
+            raise ValueError(f"steps={self.steps!r} is not allowed with order={self.order}: steps must be >= order")
+        base.check_choice("skip_type", self.skip_type, SKIP_TYPES)
+        base.check_choice("prediction", self.prediction, PREDICTIONS)
+        base.check_optional_time("t_start", self.t_start)
+        base.check_optional_time("t_end", self.t_end)
+        if self.t_start is not None and self.t_end is not None and self.t_end >= self.t_start:
+            raise ValueError(f"t_end={self.t_end!r} is not allowed: it must be smaller than t_start={self.t_start!r}")
+        base.check_thresholding(self.thresholding)
+        if self.correct_xt is not None and not callable(self.correct_xt):
+            raise ValueError(f"correct_xt={self.correct_xt!r} is not allowed: it must be None or a callable")
+
+    def build_plan(self, schedule) -> Plan:
+        t_start, t_end = base.time_range(schedule, self.t_start, self.t_end)
+        n, p = self.steps, self.order
+        grid = time_grid(schedule, self.skip_type, t_start, t_end, n)
+        lam = np.asarray(schedule.log_snr(grid))
+        log_alpha = np.asarray(schedule.log_alpha(grid))
+        data = self.prediction == "data"
+        kind = "data" if data else "noise"
+        alpha0, sigma0 = base.coefficients(schedule, grid[0])
+        steps = [Step([grid[0]], [alpha0], [sigma0], [Combination(state=1.0)], Combination(state=1.0),
+                      time=float(grid[0]), push="stage0", kind=kind, order=0, initial=True)]
+        for i in range(1, n + 1):
+            q = i if i < p else (min(p, n + 1 - i) if self.lower_order_final else p)
+            corrected = i < n
+            h = lam[i] - lam[i - 1]
+            hh = -h if data else h
+            alpha_t, sigma_t = base.coefficients(schedule, grid[i])
+            alpha_s, sigma_s = base.coefficients(schedule, grid[i - 1])
+            ratio = sigma_t / sigma_s if data else math.exp(log_alpha[i] - log_alpha[i - 1])
+            scale = alpha_t if data else sigma_t
+            h_phi_1 = math.expm1(hh)
+            b_h = hh if self.variant == "bh1" else math.expm1(hh)
+            # r_k of the earlier points (ages 2..q), then 1 for the new point
+            rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, q)] + [1.0]
+            matrix = np.array([[r ** (row) for r in rks] for row in range(q)])
+            rhs = []
+            h_phi_k = h_phi_1 / hh - 1.0
+            factorial = 1.0
+            for index in range(1, q + 1):
+                rhs.append(h_phi_k * factorial / b_h)
+                factorial *= index + 1
+                h_phi_k = h_phi_k / hh - 1.0 / factorial
+            rhs = np.array(rhs)
+            base_terms = {1: -scale * h_phi_1}  # history age 1 = F_0
+
+            def with_differences(rhos, extra):
+                terms = dict(base_terms)
+                for k, rho in enumerate(rhos):  # D_k = (F_{age k+2} - F_0) / r_k
+                    coef = -scale * b_h * rho / rks[k]
+                    terms[k + 2] = terms.get(k + 2, 0.0) + coef
+                    terms[1] = terms[1] - coef
+                return terms
+
+            if q == 1:
+                rhos_predictor = []
+            elif q == 2:
+                rhos_predictor = [0.5]
+            else:
+                rhos_predictor = list(np.linalg.solve(matrix[:-1, :-1], rhs[:-1]))
+            predictor = Combination(state=ratio, history=with_differences(rhos_predictor, None))
+            if corrected:
+                rhos_corrector = [0.5] if q == 1 else list(np.linalg.solve(matrix, rhs))
+                terms = with_differences(rhos_corrector[:-1], None)
+                last = -scale * b_h * rhos_corrector[-1]  # times (F(x_pred, t) - F_0)
+                terms[1] = terms[1] - last
+                output = Combination(state=ratio, stages={0: last}, history=terms)
+                steps.append(Step([float(grid[i])], [alpha_t], [sigma_t], [predictor], output,
+                                  time=float(grid[i]), push="stage0", kind=kind, order=q))
+            else:
+                steps.append(Step([], [], [], [], predictor, time=float(grid[i]), kind=kind, order=q))
+        if self.denoise_to_zero:
+            steps.append(base.denoise_step(schedule, t_end))
+        return build_plan_from_steps(steps, t_start, t_end, self)
