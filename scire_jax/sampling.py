@@ -125,7 +125,7 @@ def initial_noise(key, shape, dtype=None):
 
 
 def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_trajectory: bool = False,
-                 callback: Optional[Callable] = None):
+                 callback: Optional[Callable] = None, mesh=None):
     """Build ``sample_fn(params, key, shape)`` that draws ``x_T`` and solves to ``t_end``.
 
     The plan is built (and validated) now, on the host.  Use it as
@@ -136,6 +136,8 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
       dtype: dtype of ``x_T`` and of the solver arithmetic (default float32, float64 with x64).
       return_trajectory: return ``(x, trajectory)``.
       callback: per-step host callback ``callback(step, t)`` (progress display).
+      mesh: optional ``jax.sharding.Mesh``: shard the batch over it (see
+        :func:`scire_jax.make_sharded_sampler`; not combined with ``return_trajectory``).
 
     Example:
         >>> import jax, jax.numpy as jnp, scire_jax as sj
@@ -146,6 +148,11 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
         (2, 3)
     """
     plan(solver, schedule)  # validate and build before any tracing
+    if mesh is not None:
+        if return_trajectory:
+            raise ValueError("return_trajectory=True is not allowed with mesh=...: use solve() on a sharded x_T")
+        from scire_jax.distributed import make_sharded_sampler
+        return make_sharded_sampler(solver, schedule, noise_fn, mesh, dtype=dtype, callback=callback)
 
     def sample_fn(params, key, shape):
         x_start = initial_noise(key, shape, dtype)

@@ -1,0 +1,77 @@
+"""Run with XLA_FLAGS=--xla_force_host_platform_device_count=8: sharded/pmap sampling equals one device."""
+import os
+import sys
+
+assert "xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "")
+import warnings
+
+import chex
+import flax.linen as nn
+import jax
+
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+
+import scire_jax as sj
+
+assert jax.device_count() == 8, jax.devices()
+
+
+schedule = sj.schedules.discrete(betas=np.linspace(1e-4, 0.02, 1000))
+GAUSSIAN = sj.analytic.Gaussian(mean=np.full((8, 8, 2), 0.2), std=np.full((8, 8, 2), 0.5))
+
+
+class ConvNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, t):
+        h = nn.Conv(8, (3, 3))(x) + t[:, None, None, None] / 1000.0
+        # the exact noise of Gaussian data plus a small convolutional term: samples stay O(1)
+        exact = GAUSSIAN.noise(x, t / 1000.0 + 1.0 / 1000, schedule)
+        return exact + 0.05 * jnp.tanh(nn.Conv(x.shape[-1], (3, 3))(nn.silu(h)))
+
+
+module = ConvNet()
+params32 = module.init(jax.random.key(1), jnp.zeros((1, 8, 8, 2), jnp.float32), jnp.zeros((1,), jnp.float32))
+noise_fn = sj.wrap_model(lambda p, x, t: module.apply(p, x, t), schedule)
+shape = (16, 8, 8, 2)
+key = jax.random.key(42)
+mesh = sj.batch_mesh()
+configurations = [
+    sj.SciRE(algorithm="v1", method="multistep", order=3, steps=8),
+    sj.SciRE(algorithm="v2", method="multistep", order=2, steps=8),
+    sj.SciRE(algorithm="v1", method="singlestep_agile", order=3, steps=8),
+    sj.SciRE(algorithm="v2", method="singlestep_fixed", order=2, steps=8),
+]
+# float64: the sharded program must agree to 1e-6 (it does to round-off).  float32: XLA may pick
+# different convolution blockings for 2 vs 16 samples per device; the first SciRE v1 step from t_start
+# amplifies that last-bit difference by 1/alpha(T) ~ 160, so agreement is to ~1e-5 relative there.
+TOLERANCES = {jnp.float64: 1e-6, jnp.float32: 1e-4}
+for (dtype, tolerance), solver in [(d, c) for d in TOLERANCES.items() for c in configurations]:
+    params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params32)
+    single = jax.jit(sj.make_sampler(solver, schedule, noise_fn, dtype=dtype), static_argnums=2)(params, key, shape)
+    assert single.dtype == dtype
+    chex.clear_trace_counter()
+
+    sharded_fn = sj.make_sampler(solver, schedule, noise_fn, mesh=mesh, dtype=dtype)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(params, key):
+        return sharded_fn(params, key, shape)
+
+    sharded = run(params, key)
+    sharded_again = run(params, jax.random.key(43))
+    chex.assert_trees_all_close(sharded, single, atol=tolerance, rtol=tolerance)
+    assert sharded.sharding.is_equivalent_to(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")),
+                                             sharded.ndim), sharded.sharding
+    assert len({shard.device for shard in sharded.addressable_shards}) == 8
+    pmapped = sj.make_pmap_sampler(solver, schedule, noise_fn, dtype=dtype)(params, key, shape)
+    chex.assert_trees_all_close(pmapped, single, atol=tolerance, rtol=tolerance)
+    # a different batch split gives the same leading samples
+    first = jax.jit(sj.make_sampler(solver, schedule, noise_fn, dtype=dtype), static_argnums=2)(
+        params, key, (8,) + shape[1:])
+    chex.assert_trees_all_close(first, single[:8], atol=tolerance, rtol=tolerance)
+    print("ok", jnp.dtype(dtype).name, solver.algorithm, solver.method, solver.order,
+          float(jnp.max(jnp.abs(sharded - single))))
+print("ALL OK")
