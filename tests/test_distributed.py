@@ -23,16 +23,6 @@ def test_sharded_and_pmap_sampling_equal_single_device_on_eight_devices():
     assert "ALL OK" in result.stdout
 
 
-def test_batch_not_divisible_by_devices_is_rejected():
-    schedule = sj.schedules.linear()
-    sample_fn = sj.make_sharded_sampler(sj.SciRE(steps=4), schedule, lambda p, x, t: x, sj.batch_mesh())
-    count = jax.device_count()
-    if count == 1:
-        pytest.skip("needs more than one device; covered by the 8-device subprocess test")
-    with pytest.raises(ValueError, match="divisible"):
-        sample_fn(None, jax.random.key(0), (count + 1, 2))
-
-
 def test_progress_callback_fires_once_per_step_and_does_not_change_results():
     schedule = sj.schedules.linear()
     noise_fn = sj.wrap_model(lambda p, x, t: 0.3 * x, schedule)

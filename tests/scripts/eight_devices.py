@@ -74,4 +74,10 @@ for (dtype, tolerance), solver in [(d, c) for d in TOLERANCES.items() for c in c
     chex.assert_trees_all_close(first, single[:8], atol=tolerance, rtol=tolerance)
     print("ok", jnp.dtype(dtype).name, solver.algorithm, solver.method, solver.order,
           float(jnp.max(jnp.abs(sharded - single))))
+try:
+    sj.make_sharded_sampler(configurations[0], schedule, noise_fn, mesh)(params32, key, (12, 8, 8, 2))
+except ValueError as error:
+    assert "shape[0]=12 is not allowed" in str(error) and "divisible" in str(error)
+else:
+    raise AssertionError("a batch of 12 on 8 devices must be rejected")
 print("ALL OK")
