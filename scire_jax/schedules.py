@@ -111,10 +111,16 @@ class NoiseSchedule:
     """
 
     name: str = "abstract"
-    t_max: float
-    t_min: float
     total_n: int
     default_time_input: str
+
+    @property
+    def t_max(self) -> float:
+        return 1.0
+
+    @property
+    def t_min(self) -> float:
+        return 1.0 / self.total_n
 
     # -- subclasses ---------------------------------------------------------------------------
     def log_alpha(self, t):
@@ -190,6 +196,8 @@ class NoiseSchedule:
             raise ValueError(f"t_start={t_start!r} is not allowed: it must be a finite time > 0")
         if t_end >= t_start:
             raise ValueError(f"t_end={t_end!r} is not allowed: it must be smaller than t_start={t_start!r}")
+        if t_start > self.t_max * (1 + 1e-12):
+            raise ValueError(f"t_start={t_start!r} is not allowed: it must be <= t_max={self.t_max!r}")
 
     # -- pytree / hashing ---------------------------------------------------------------------
     def _key(self):
@@ -230,14 +238,6 @@ class DiscreteSchedule(NoiseSchedule):
         return int(self.log_alpha_table.shape[0])
 
     @property
-    def t_max(self) -> float:
-        return 1.0
-
-    @property
-    def t_min(self) -> float:
-        return 1.0 / self.total_n
-
-    @property
     def default_time_input(self) -> str:
         return "discrete"
 
@@ -257,8 +257,6 @@ class DiscreteSchedule(NoiseSchedule):
             raise ValueError(
                 f"t_end={t_end!r} is not allowed for a discrete schedule of {self.total_n} steps: it must be "
                 f">= 1/{self.total_n} = {self.t_min!r} (below the first table time alpha is extrapolated above 1)")
-        if t_start > self.t_max * (1 + 1e-12):
-            raise ValueError(f"t_start={t_start!r} is not allowed: it must be <= t_max={self.t_max!r}")
 
     def _key(self):
         return (self.log_alpha_table.tobytes(), self.name)
@@ -282,14 +280,6 @@ class LinearSchedule(NoiseSchedule):
     name: str = "linear"
 
     @property
-    def t_max(self) -> float:
-        return 1.0
-
-    @property
-    def t_min(self) -> float:
-        return 1.0 / self.total_n
-
-    @property
     def default_time_input(self) -> str:
         # The official SciRE wrapper feeds 1000 * max(t - 1/N, 0) for the linear schedule.
         return "discrete"
@@ -303,11 +293,6 @@ class LinearSchedule(NoiseSchedule):
         xp = _array_module(log_alpha)
         big_l = -2.0 * log_alpha
         return 2.0 * big_l / (xp.sqrt(self.beta_0 ** 2 + 2.0 * (self.beta_1 - self.beta_0) * big_l) + self.beta_0)
-
-    def check_time_range(self, t_start, t_end):
-        super().check_time_range(t_start, t_end)
-        if t_start > self.t_max * (1 + 1e-12):
-            raise ValueError(f"t_start={t_start!r} is not allowed: it must be <= t_max={self.t_max!r}")
 
     def _key(self):
         return (float(self.beta_0), float(self.beta_1), int(self.total_n))
@@ -328,10 +313,6 @@ class CosineSchedule(NoiseSchedule):
     name: str = "cosine"
 
     @property
-    def t_min(self) -> float:
-        return 1.0 / self.total_n
-
-    @property
     def default_time_input(self) -> str:
         return "continuous"
 
@@ -346,11 +327,6 @@ class CosineSchedule(NoiseSchedule):
     def _time_from_log_alpha(self, log_alpha):
         xp = _array_module(log_alpha)
         return 2.0 * (1.0 + self.s) / math.pi * xp.arccos(xp.exp(log_alpha + self._log_alpha_zero(xp))) - self.s
-
-    def check_time_range(self, t_start, t_end):
-        super().check_time_range(t_start, t_end)
-        if t_start > self.t_max * (1 + 1e-12):
-            raise ValueError(f"t_start={t_start!r} is not allowed: it must be <= t_max={self.t_max!r}")
 
     def _key(self):
         return (float(self.s), float(self.t_max), int(self.total_n))

@@ -37,6 +37,22 @@ def check_thresholding(value) -> None:
                      f"sj.DynamicThresholding(ratio, max_value) or a callable (x0, t) -> x0")
 
 
+def check_common(config, skip_types: Sequence[str]) -> None:
+    """Checks shared by every solver configuration (order, steps, grid, range, correctors)."""
+    check_choice("order", config.order, ORDERS)
+    check_int("steps", config.steps, 1)
+    if config.steps < config.order:
+        raise ValueError(f"steps={config.steps!r} is not allowed with order={config.order}: steps must be >= order")
+    check_choice("skip_type", config.skip_type, skip_types)
+    check_optional_time("t_start", config.t_start)
+    check_optional_time("t_end", config.t_end)
+    if config.t_start is not None and config.t_end is not None and config.t_end >= config.t_start:
+        raise ValueError(f"t_end={config.t_end!r} is not allowed: it must be smaller than t_start={config.t_start!r}")
+    check_thresholding(config.thresholding)
+    if config.correct_xt is not None and not callable(config.correct_xt):
+        raise ValueError(f"correct_xt={config.correct_xt!r} is not allowed: it must be None or a callable")
+
+
 def resolve_thresholding(value):
     from scire_jax.wrappers import DynamicThresholding
 

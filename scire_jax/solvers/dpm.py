@@ -108,19 +108,8 @@ class DPMSolver:
             raise ValueError("method='adaptive' is not provided by scire-jax (yet); allowed: "
                              f"{METHODS}")
         base.check_choice("method", self.method, METHODS)
-        base.check_choice("order", self.order, base.ORDERS)
-        base.check_int("steps", self.steps, 1)
-        if self.steps < self.order:
-            raise ValueError(f"steps={self.steps!r} is not allowed with order={self.order}: steps must be >= order")
-        base.check_choice("skip_type", self.skip_type, SKIP_TYPES)
+        base.check_common(self, SKIP_TYPES)
         base.check_choice("solver_type", self.solver_type, SOLVER_TYPES)
-        base.check_optional_time("t_start", self.t_start)
-        base.check_optional_time("t_end", self.t_end)
-        if self.t_start is not None and self.t_end is not None and self.t_end >= self.t_start:
-            raise ValueError(f"t_end={self.t_end!r} is not allowed: it must be smaller than t_start={self.t_start!r}")
-        base.check_thresholding(self.thresholding)
-        if self.correct_xt is not None and not callable(self.correct_xt):
-            raise ValueError(f"correct_xt={self.correct_xt!r} is not allowed: it must be None or a callable")
 
     @property
     def model_kind(self) -> str:

@@ -151,25 +151,13 @@ class SciRE:
     def __post_init__(self):
         base.check_choice("algorithm", self.algorithm, ALGORITHMS)
         base.check_choice("method", self.method, METHODS)
-        base.check_choice("order", self.order, base.ORDERS)
-        base.check_int("steps", self.steps, 1)
-        if self.steps < self.order:
-            raise ValueError(f"steps={self.steps!r} is not allowed with order={self.order}: "
-                             f"steps must be >= order")
-        base.check_choice("skip_type", self.skip_type, SKIP_TYPES)
-        base.check_optional_time("t_start", self.t_start)
-        base.check_optional_time("t_end", self.t_end)
-        if self.t_start is not None and self.t_end is not None and self.t_end >= self.t_start:
-            raise ValueError(f"t_end={self.t_end!r} is not allowed: it must be smaller than t_start={self.t_start!r}")
+        base.check_common(self, SKIP_TYPES)
         if not isinstance(self.phi, str):
             if isinstance(self.phi, bool) or not isinstance(self.phi, numbers.Real) or not (
                     math.isfinite(self.phi) and self.phi > 0):
                 raise ValueError(f"phi={self.phi!r} is not allowed: use 'official' or a finite float > 0")
         elif self.phi != "official":
             raise ValueError(f"phi={self.phi!r} is not allowed: use 'official' or a finite float > 0")
-        base.check_thresholding(self.thresholding)
-        if self.correct_xt is not None and not callable(self.correct_xt):
-            raise ValueError(f"correct_xt={self.correct_xt!r} is not allowed: it must be None or a callable")
         if not (isinstance(self.nsr_shift, numbers.Real) and self.nsr_shift > 0):
             raise ValueError(f"nsr_shift={self.nsr_shift!r} is not allowed: it must be > 0")
         if self.method == "singlestep_fixed" and self.steps % self.order:
