@@ -116,6 +116,13 @@ def coefficients(schedule, t: float):
     return float(schedule.alpha(t)), float(schedule.sigma(t))
 
 
+def initial_step(schedule, t_start: float, kind: str) -> Step:
+    """Multistep start-up: evaluate the model at ``t_start`` and push it into the history."""
+    alpha, sigma = coefficients(schedule, t_start)
+    return Step([float(t_start)], [alpha], [sigma], [Combination(state=1.0)], Combination(state=1.0),
+                time=float(t_start), push="stage0", kind=kind, order=0, initial=True)
+
+
 def denoise_step(schedule, t_end: float) -> Step:
     """The final ``denoise_to_zero`` step: one data prediction at ``t_end`` replaces the state."""
     alpha, sigma = coefficients(schedule, t_end)

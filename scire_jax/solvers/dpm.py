@@ -142,12 +142,7 @@ class DPMSolver:
     def _multistep_steps(self, schedule, t_start, t_end) -> List[Step]:
         n, p = self.steps, self.order
         grid = time_grid(schedule, self.skip_type, t_start, t_end, n)
-        lam = np.asarray(schedule.log_snr(grid))
-        exponential = _Exponential(self.model_kind == "data")
-        alpha0, sigma0 = base.coefficients(schedule, grid[0])
-        steps = [Step([grid[0]], [alpha0], [sigma0], [Combination(state=1.0)], Combination(state=1.0),
-                      time=float(grid[0]), push="stage0", kind=self.model_kind, order=0, initial=True)]
-        sign = -1.0 if exponential.data else 1.0  # the ++ corrections enter with the opposite sign
+        steps = [base.initial_step(schedule, grid[0], self.model_kind)]
         for i in range(1, n + 1):
             if i < p:
                 q = i
@@ -155,29 +150,45 @@ class DPMSolver:
                 q = min(p, n + 1 - i)
             else:
                 q = p
-            h = lam[i] - lam[i - 1]
-            if q == 1:
-                terms: Dict[int, float] = {}
-            elif q == 2:
-                r0 = (lam[i - 1] - lam[i - 2]) / h
-                d1_0 = _difference(1, 2, r0)
-                if self.solver_type == "dpmsolver":
-                    terms = _scaled(d1_0, -0.5 * exponential.phi_1(h))
-                else:
-                    terms = _scaled(d1_0, -sign * exponential.phi_2(h))
-            else:
-                r0 = (lam[i - 1] - lam[i - 2]) / h
-                r1 = (lam[i - 2] - lam[i - 3]) / h
-                d1_0 = _difference(1, 2, r0)
-                d1_1 = _difference(2, 3, r1)
-                d1 = _add(d1_0, _scaled(_add(d1_0, _scaled(d1_1, -1.0)), r0 / (r0 + r1)))
-                d2 = _scaled(_add(d1_0, _scaled(d1_1, -1.0)), 1.0 / (r0 + r1))
-                terms = _add(_scaled(d1, -sign * exponential.phi_2(h)), _scaled(d2, -exponential.phi_3(h)))
-            ratio, weights = self._combination(schedule, grid[i - 1], grid[i], terms, exponential, first=1)
             post = base.coefficients(schedule, grid[i]) if i < n else None
-            steps.append(Step([], [], [], [], Combination(state=ratio, history=weights), time=float(grid[i]),
-                              post_evaluation=post, push="post" if i < n else None, kind=self.model_kind, order=q))
+            steps.append(Step([], [], [], [], self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], q),
+                              time=float(grid[i]), post_evaluation=post, push="post" if i < n else None,
+                              kind=self.model_kind, order=q))
         return steps
+
+    def multistep_update(self, schedule, times, order: int) -> Combination:
+        """The x-space multistep update to ``times[-1]`` from the history at ``times[:-1]`` (oldest first)."""
+        times = [float(t) for t in times]
+        lam = [float(schedule.log_snr(np.float64(t))) for t in times]
+        exponential = _Exponential(self.model_kind == "data")
+        ratio, weights = self._combination(schedule, times[-2], times[-1], self.multistep_terms(lam, order),
+                                           exponential, first=1)
+        return Combination(state=ratio, history=weights)
+
+    def multistep_terms(self, lam, order: int) -> Dict[int, float]:
+        """Correction terms (history age -> coefficient, before the ``alpha_t``/``sigma_t`` factor).
+
+        Args:
+          lam: half log-SNR at the previous points and the target, oldest first.
+          order: 1, 2 or 3.
+        """
+        exponential = _Exponential(self.model_kind == "data")
+        sign = -1.0 if exponential.data else 1.0  # the ++ corrections enter with the opposite sign
+        lam = list(lam)
+        h = lam[-1] - lam[-2]
+        if order == 1:
+            return {}
+        r0 = (lam[-2] - lam[-3]) / h
+        d1_0 = _difference(1, 2, r0)
+        if order == 2:
+            if self.solver_type == "dpmsolver":
+                return _scaled(d1_0, -0.5 * exponential.phi_1(h))
+            return _scaled(d1_0, -sign * exponential.phi_2(h))
+        r1 = (lam[-3] - lam[-4]) / h
+        d1_1 = _difference(2, 3, r1)
+        d1 = _add(d1_0, _scaled(_add(d1_0, _scaled(d1_1, -1.0)), r0 / (r0 + r1)))
+        d2 = _scaled(_add(d1_0, _scaled(d1_1, -1.0)), 1.0 / (r0 + r1))
+        return _add(_scaled(d1, -sign * exponential.phi_2(h)), _scaled(d2, -exponential.phi_3(h)))
 
     def _singlestep_steps(self, schedule, t_start, t_end) -> List[Step]:
         n, p = self.steps, self.order
@@ -190,53 +201,60 @@ class DPMSolver:
         else:
             orders = [p] * (n // p)
             outer = time_grid(schedule, self.skip_type, t_start, t_end, n // p)
-        exponential = _Exponential(self.model_kind == "data")
-        sign = -1.0 if exponential.data else 1.0
         steps = []
         for j, order in enumerate(orders):
             s, t = float(outer[j]), float(outer[j + 1])
             inner = np.asarray(schedule.log_snr(time_grid(schedule, self.skip_type, s, t, order)))
             h = inner[-1] - inner[0]
-            lam_s = float(schedule.log_snr(np.float64(s)))
-            alpha_s, sigma_s = base.coefficients(schedule, s)
-            times, alphas, sigmas = [s], [alpha_s], [sigma_s]
-            inputs = [Combination(state=1.0)]
-
-            def stage(ratio_r, extra_terms):
-                """Stage at lambda_s + r h with first-order part and extra terms."""
-                time = float(schedule.inverse_log_snr(lam_s + ratio_r * h))
-                ratio, weights = self._combination(schedule, s, time, extra_terms, exponential, first=0)
-                times.append(time)
-                a, b = base.coefficients(schedule, time)
-                alphas.append(a)
-                sigmas.append(b)
-                inputs.append(Combination(state=ratio, stages=weights))
-                return time
-
-            if order == 1:
-                terms: Dict[int, float] = {}
-            elif order == 2:
-                r1 = (inner[1] - inner[0]) / h
-                stage(r1, {})
-                if self.solver_type == "dpmsolver":
-                    terms = _scaled(_difference(1, 0), -(0.5 / r1) * exponential.phi_1(h))
-                else:
-                    terms = _scaled(_difference(1, 0), -sign * (1.0 / r1) * exponential.phi_2(h))
-            else:
-                r1 = (inner[1] - inner[0]) / h
-                r2 = (inner[2] - inner[0]) / h
-                stage(r1, {})
-                phi_22 = exponential.phi_2(r2 * h)
-                stage(r2, _scaled(_difference(1, 0), -sign * (r2 / r1) * phi_22))
-                if self.solver_type == "dpmsolver":
-                    terms = _scaled(_difference(2, 0), -sign * (1.0 / r2) * exponential.phi_2(h))
-                else:
-                    d1_0 = _difference(1, 0, r1)
-                    d1_1 = _difference(2, 0, r2)
-                    d1 = _scaled(_add(_scaled(d1_0, r2), _scaled(d1_1, -r1)), 1.0 / (r2 - r1))
-                    d2 = _scaled(_add(d1_1, _scaled(d1_0, -1.0)), 2.0 / (r2 - r1))
-                    terms = _add(_scaled(d1, -sign * exponential.phi_2(h)), _scaled(d2, -exponential.phi_3(h)))
-            ratio, weights = self._combination(schedule, s, t, terms, exponential, first=0)
-            steps.append(Step(times, alphas, sigmas, inputs, Combination(state=ratio, stages=weights),
-                              time=t, kind=self.model_kind, order=order))
+            r1 = (inner[1] - inner[0]) / h if order > 1 else None
+            r2 = (inner[2] - inner[0]) / h if order > 2 else None
+            steps.append(self.singlestep_step(schedule, s, t, order, r1, r2))
         return steps
+
+    def singlestep_step(self, schedule, s: float, t: float, order: int, r1: Optional[float] = None,
+                        r2: Optional[float] = None) -> Step:
+        """One singlestep update from ``s`` to ``t``; ``r1``/``r2`` default to 1/2 or 1/3, 2/3."""
+        if r1 is None:
+            r1 = 0.5 if order == 2 else 1.0 / 3.0
+        if r2 is None:
+            r2 = 2.0 / 3.0
+        exponential = _Exponential(self.model_kind == "data")
+        sign = -1.0 if exponential.data else 1.0
+        lam_s = float(schedule.log_snr(np.float64(s)))
+        h = float(schedule.log_snr(np.float64(t))) - lam_s
+        alpha_s, sigma_s = base.coefficients(schedule, s)
+        times, alphas, sigmas = [s], [alpha_s], [sigma_s]
+        inputs = [Combination(state=1.0)]
+
+        def stage(ratio_r, extra_terms):
+            """A stage at lambda_s + r h: its first-order part plus ``extra_terms``."""
+            time = float(schedule.inverse_log_snr(lam_s + ratio_r * h))
+            ratio, weights = self._combination(schedule, s, time, extra_terms, exponential, first=0)
+            times.append(time)
+            a, b = base.coefficients(schedule, time)
+            alphas.append(a)
+            sigmas.append(b)
+            inputs.append(Combination(state=ratio, stages=weights))
+
+        if order == 1:
+            terms: Dict[int, float] = {}
+        elif order == 2:
+            stage(r1, {})
+            if self.solver_type == "dpmsolver":
+                terms = _scaled(_difference(1, 0), -(0.5 / r1) * exponential.phi_1(h))
+            else:
+                terms = _scaled(_difference(1, 0), -sign * (1.0 / r1) * exponential.phi_2(h))
+        else:
+            stage(r1, {})
+            stage(r2, _scaled(_difference(1, 0), -sign * (r2 / r1) * exponential.phi_2(r2 * h)))
+            if self.solver_type == "dpmsolver":
+                terms = _scaled(_difference(2, 0), -sign * (1.0 / r2) * exponential.phi_2(h))
+            else:
+                d1_0 = _difference(1, 0, r1)
+                d1_1 = _difference(2, 0, r2)
+                d1 = _scaled(_add(_scaled(d1_0, r2), _scaled(d1_1, -r1)), 1.0 / (r2 - r1))
+                d2 = _scaled(_add(d1_1, _scaled(d1_0, -1.0)), 2.0 / (r2 - r1))
+                terms = _add(_scaled(d1, -sign * exponential.phi_2(h)), _scaled(d2, -exponential.phi_3(h)))
+        ratio, weights = self._combination(schedule, s, t, terms, exponential, first=0)
+        return Step(times, alphas, sigmas, inputs, Combination(state=ratio, stages=weights), time=t,
+                    kind=self.model_kind, order=order)

@@ -178,17 +178,19 @@ class SciRE:
         u = np.asarray(u, dtype=np.float64)
         return float(schedule.inverse_nsr(u if self.algorithm == "v1" else 1.0 / u))
 
+    def _space(self, schedule) -> base.ScaledSpace:
+        return base.ScaledSpace(schedule, "alpha" if self.algorithm == "v1" else "sigma")
+
     def _phi_values(self, official: List[float]) -> List[float]:
         return official if self.phi == "official" else [float(self.phi)] * len(official)
 
     def build_plan(self, schedule) -> Plan:
         """The host-side plan for ``schedule`` (see :mod:`scire_jax.plan`)."""
         t_start, t_end = base.time_range(schedule, self.t_start, self.t_end)
-        space = base.ScaledSpace(schedule, "alpha" if self.algorithm == "v1" else "sigma")
         if self.method == "multistep":
-            steps = self._multistep_steps(schedule, space, t_start, t_end)
+            steps = self._multistep_steps(schedule, t_start, t_end)
         else:
-            steps = self._singlestep_steps(schedule, space, t_start, t_end)
+            steps = self._singlestep_steps(schedule, t_start, t_end)
         if self.denoise_to_zero:
             steps.append(base.denoise_step(schedule, t_end))
         return build_plan_from_steps(steps, t_start, t_end, self)
@@ -196,39 +198,56 @@ class SciRE:
     def _grid(self, schedule, t_start, t_end, n):
         return time_grid(schedule, self.skip_type, t_start, t_end, n, nsr_shift=self.nsr_shift)
 
-    def _multistep_steps(self, schedule, space, t_start, t_end) -> List[Step]:
+    def _multistep_steps(self, schedule, t_start, t_end) -> List[Step]:
         n, p = self.steps, self.order
         grid = self._grid(schedule, t_start, t_end, n)
-        nsr = np.asarray(schedule.nsr(grid))
-        u = self._u(schedule, grid)
         phis = self._phi_values(multistep_phi_schedule(n, p))
-        alpha0, sigma0 = base.coefficients(schedule, grid[0])
-        steps = [Step([grid[0]], [alpha0], [sigma0], [Combination(state=1.0)], Combination(state=1.0),
-                      time=float(grid[0]), push="stage0", kind=self.model_kind, order=0, initial=True)]
+        steps = [base.initial_step(schedule, grid[0], self.model_kind)]
         for i in range(1, n + 1):
             if i < p:
                 q = i
             else:
                 q = min(p, n + 1 - i) if self.lower_order_final else p
             phi = phis[i - 1]
-            h = u[i] - u[i - 1]
-            if q == 1:
-                weights = {1: h}
-            elif q == 2:
-                rho = math.log(nsr[i - 2] / nsr[i - 1]) / math.log(nsr[i - 1] / nsr[i])
-                correction = h / (2.0 * phi) / math.pow(rho, 0.25)
-                weights = {1: h + correction, 2: -correction}
-            else:
-                a0 = phi * (nsr[i - 1] - nsr[i - 2]) / (nsr[i] - nsr[i - 1])
-                a1 = (phi / (1.0 + phi)) * (nsr[i - 2] - nsr[i - 3]) / (nsr[i - 1] - nsr[i - 2])
-                c1 = h / (2.0 * a0 * phi)
-                c2 = h / (6.0 * a0 * phi * a1 * phi)
-                weights = {1: h + c1 + c2, 2: -c1 - 2.0 * c2, 3: c2}
             post = base.coefficients(schedule, grid[i]) if i < n else None
-            steps.append(Step([], [], [], [], space.combination(grid[i - 1], grid[i], history=weights),
+            steps.append(Step([], [], [], [], self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], q, phi),
                               time=float(grid[i]), post_evaluation=post, push="post" if i < n else None,
                               kind=self.model_kind, order=q, phi=phi if q > 1 else float("nan")))
         return steps
+
+    def multistep_update(self, schedule, times, order: int, phi: float) -> Combination:
+        """The x-space multistep update to ``times[-1]`` from the history at ``times[:-1]`` (oldest first)."""
+        times = np.asarray(times, dtype=np.float64)
+        nsr = np.asarray(schedule.nsr(times))
+        u = self._u(schedule, times)
+        space = self._space(schedule)
+        weights = self.multistep_weights(nsr, float(u[-1] - u[-2]), order, phi)
+        return space.combination(float(times[-2]), float(times[-1]), history=weights)
+
+    @staticmethod
+    def multistep_weights(nsr, h: float, order: int, phi: float):
+        """History weights (age 1 = newest) of a multistep update (SPEC.md §4.5-4.6).
+
+        Args:
+          nsr: NSR at the previous points and the target, oldest first (the last 2..4 grid points).
+          h: ``u_t - u_{p0}``.
+          order: 1, 2 or 3.
+          phi: the phi of the step.
+        """
+        nsr = list(nsr)
+        if order == 1:
+            return {1: h}
+        if order == 2:
+            nsr_p1, nsr_p0, nsr_t = nsr[-3:]
+            rho = math.log(nsr_p1 / nsr_p0) / math.log(nsr_p0 / nsr_t)
+            correction = h / (2.0 * phi) / math.pow(rho, 0.25)
+            return {1: h + correction, 2: -correction}
+        nsr_p2, nsr_p1, nsr_p0, nsr_t = nsr[-4:]
+        a0 = phi * (nsr_p0 - nsr_p1) / (nsr_t - nsr_p0)
+        a1 = (phi / (1.0 + phi)) * (nsr_p1 - nsr_p2) / (nsr_p0 - nsr_p1)
+        c1 = h / (2.0 * a0 * phi)
+        c2 = h / (6.0 * a0 * phi * a1 * phi)
+        return {1: h + c1 + c2, 2: -c1 - 2.0 * c2, 3: c2}
 
     def _inner_ratios(self, schedule, s, t, order):
         """Official r1, r2: NSR ratios of the skip rule on [s, t] for discrete schedules, else defaults."""
@@ -239,7 +258,7 @@ class SciRE:
         r2 = (inner[2] - inner[0]) / (inner[3] - inner[0]) if order == 3 else None
         return float(r1), (None if r2 is None else float(r2))
 
-    def _singlestep_steps(self, schedule, space, t_start, t_end) -> List[Step]:
+    def _singlestep_steps(self, schedule, t_start, t_end) -> List[Step]:
         n, p = self.steps, self.order
         k = n // p
         if self.method == "singlestep_agile":
@@ -253,37 +272,41 @@ class SciRE:
         steps = []
         for j, order in enumerate(orders):
             s, t = float(outer[j]), float(outer[j + 1])
-            phi = phis[j]
-            u_s, u_t = float(self._u(schedule, s)), float(self._u(schedule, t))
-            h = u_t - u_s
-            alpha_s, sigma_s = base.coefficients(schedule, s)
-            times, alphas, sigmas = [s], [alpha_s], [sigma_s]
-            inputs = [Combination(state=1.0)]
-            if order == 1:
-                output = space.combination(s, t, stages={0: h})
-            else:
-                r1, r2 = self._inner_ratios(schedule, s, t, order)
-                s1 = self._t_of_u(schedule, u_s + r1 * h)
-                times.append(s1)
-                inputs.append(space.combination(s, s1, stages={0: r1 * h}))
-                if order == 2:
-                    c = h / (2.0 * r1 * phi)
-                    output = space.combination(s, t, stages={0: h - c, 1: c})
-                else:
-                    s2 = self._t_of_u(schedule, u_s + r2 * h)
-                    times.append(s2)
-                    c_inner = r2 * h / (2.0 * r1 * phi)
-                    inputs.append(space.combination(s, s2, stages={0: r2 * h - c_inner, 1: c_inner}))
-                    c = h / (2.0 * r2 * phi)
-                    output = space.combination(s, t, stages={0: h - c, 2: c})
-                for extra in times[1:]:
-                    a, b = base.coefficients(schedule, extra)
-                    alphas.append(a)
-                    sigmas.append(b)
-            steps.append(Step(times, alphas, sigmas, inputs, output, time=t, kind=self.model_kind,
-                              order=order, phi=phi if order > 1 else float("nan")))
+            r1, r2 = self._inner_ratios(schedule, s, t, order)
+            steps.append(self.singlestep_step(schedule, s, t, order, phis[j], r1, r2))
         return steps
 
+    def singlestep_step(self, schedule, s: float, t: float, order: int, phi: float, r1: Optional[float] = None,
+                        r2: Optional[float] = None) -> Step:
+        """One singlestep update from ``s`` to ``t`` (SPEC.md §4.2-4.4); ``r1``/``r2`` default to 1/2 or 1/3, 2/3."""
+        space = self._space(schedule)
+        if r1 is None:
+            r1 = 0.5 if order == 2 else 1.0 / 3.0
+        if r2 is None:
+            r2 = 2.0 / 3.0
+        u_s, u_t = float(self._u(schedule, s)), float(self._u(schedule, t))
+        h = u_t - u_s
+        times = [s]
+        inputs = [Combination(state=1.0)]
+        if order == 1:
+            output = space.combination(s, t, stages={0: h})
+        else:
+            s1 = self._t_of_u(schedule, u_s + r1 * h)
+            times.append(s1)
+            inputs.append(space.combination(s, s1, stages={0: r1 * h}))
+            if order == 2:
+                c = h / (2.0 * r1 * phi)
+                output = space.combination(s, t, stages={0: h - c, 1: c})
+            else:
+                s2 = self._t_of_u(schedule, u_s + r2 * h)
+                times.append(s2)
+                c_inner = r2 * h / (2.0 * r1 * phi)
+                inputs.append(space.combination(s, s2, stages={0: r2 * h - c_inner, 1: c_inner}))
+                c = h / (2.0 * r2 * phi)
+                output = space.combination(s, t, stages={0: h - c, 2: c})
+        coefficients = [base.coefficients(schedule, time) for time in times]
+        return Step(times, [a for a, _ in coefficients], [b for _, b in coefficients], inputs, output, time=t,
+                    kind=self.model_kind, order=order, phi=phi if order > 1 else float("nan"))
 
 def DDIM(steps: int = 20, skip_type: str = "time_uniform", t_start: Optional[float] = None,
          t_end: Optional[float] = None, denoise_to_zero: bool = False, thresholding: Any = None) -> SciRE:

@@ -75,9 +75,7 @@ class UniPC:
         log_alpha = np.asarray(schedule.log_alpha(grid))
         data = self.prediction == "data"
         kind = "data" if data else "noise"
-        alpha0, sigma0 = base.coefficients(schedule, grid[0])
-        steps = [Step([grid[0]], [alpha0], [sigma0], [Combination(state=1.0)], Combination(state=1.0),
-                      time=float(grid[0]), push="stage0", kind=kind, order=0, initial=True)]
+        steps = [base.initial_step(schedule, grid[0], kind)]
         for i in range(1, n + 1):
             q = i if i < p else (min(p, n + 1 - i) if self.lower_order_final else p)
             corrected = i < n
