@@ -24,12 +24,15 @@ __all__ = [
     "schedules", "timesteps", "Plan", "batch_mesh", "make_sharded_sampler", "make_pmap_sampler", "plan", "solve", "make_sampler", "initial_noise",
     "SciRE", "DDIM", "DPMSolver", "UniPC", "series_phi",
     "wrap_model", "ClassifierFree", "Classifier", "DynamicThresholding", "dynamic_thresholding",
+    "load_pretrained",
 ]
 
 
 def __getattr__(name):
     # Heavier optional modules load on first use.
-    if name in ("analytic",):
-        import importlib
+    import importlib
+    if name in ("analytic", "models", "convert", "checkpoints", "pretrained"):
         return importlib.import_module(f"scire_jax.{name}")
+    if name == "load_pretrained":
+        return importlib.import_module("scire_jax.pretrained").load_pretrained
     raise AttributeError(f"module 'scire_jax' has no attribute {name!r}")

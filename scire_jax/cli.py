@@ -124,10 +124,10 @@ def run_sample(args) -> int:
     if args.out.endswith(".npz"):
         _atomic_write(args.out, lambda p: np.savez(p, samples=samples))
     else:
-        from scire_jax.train import save_image_grid
+        from scire_jax.images import image_grid, write_png
 
-        columns = int(np.ceil(np.sqrt(args.num)))
-        _atomic_write(args.out, lambda p: save_image_grid(p, samples, ncol=columns, scale=args.scale, pad=1))
+        grid = image_grid(samples, scale=args.scale, pad=1)
+        _atomic_write(args.out, lambda p: write_png(p, grid))
     nfe = sj.plan(solver, schedule).nfe
     print(f"wrote {args.out}: {args.num} samples, {type(solver).__name__} NFE={nfe}, {elapsed:.1f} s "
           f"(compile included)")
@@ -192,8 +192,11 @@ def build_parser():
         add_convert_parser(subparsers)
     except ImportError:  # pragma: no cover
         pass
-    from scire_jax.train import add_train_parser
-    add_train_parser(subparsers)
+    try:
+        from scire_jax.train import add_train_parser
+        add_train_parser(subparsers)
+    except ImportError:  # pragma: no cover - the training extra is optional
+        pass
     _add_bench_parser(subparsers)
     return parser
 
