@@ -31,7 +31,7 @@ from scire_jax.models.unet import UNet2D
 __all__ = ["PRETRAINED", "load_pretrained", "resolve_path", "make_apply_fn"]
 
 # short name -> asset directory relative to the ``scire_jax`` package (e.g. "assets/mnist").
-PRETRAINED: Dict[str, str] = {}
+PRETRAINED: Dict[str, str] = {"mnist": "assets/mnist"}  # embedded 16x16 MNIST model (docs/embedded_model.md)
 
 PREDICTIONS = ("noise", "x_start", "v")
 
