@@ -1,6 +1,6 @@
 """Speed measurements of issue 2: compile time vs steps, and solver overhead over the network.
 
-    python benchmarks/speed.py               # the measurements of docs/speed.md (~3-5 min on 2 CPU cores)
+    python benchmarks/speed.py               # the measurements of docs/speed.md (~2 min on 2 CPU cores)
     python benchmarks/speed.py --quick       # tiny sizes (smoke run)
     python benchmarks/speed.py --out DIR     # write DIR/speed.md (default: docs/)
 

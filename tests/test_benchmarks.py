@@ -74,7 +74,7 @@ def test_quick_atlas_ddim_converges(quick_atlas):
 def test_quick_atlas_best_solver_is_a_row(quick_atlas):
     accuracy, _, rows = quick_atlas
     typed = [{**row, "budget": int(row["budget"]), "nfe": int(row["nfe"]), "order": int(row["order"]),
-              "rms_error": float(row["rms_error"]), "max_error": float(row["max_error"])} for row in rows]
+              "rms_error": float(row["rms_error"])} for row in rows]
     best = accuracy.best_per_nfe(typed)
     assert best
     keys = {(r["problem"], r["schedule"], r["budget"], r["solver"]) for r in typed}
