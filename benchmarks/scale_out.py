@@ -31,13 +31,8 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+sys.path.insert(0, str(HERE))
+from speed import _median_time  # noqa: E402  (one timing helper for both benchmarks)
 
 
 def small_unet(sample_size=32):
