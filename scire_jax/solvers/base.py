@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from scire_jax.plan import Combination, Step
+from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
 
 ORDERS = (1, 2, 3)
 
@@ -114,6 +114,19 @@ class ScaledSpace:
 def coefficients(schedule, t: float):
     t = np.float64(t)
     return float(schedule.alpha(t)), float(schedule.sigma(t))
+
+
+def build_method_plan(config, schedule) -> Plan:
+    """Plan of a solver with ``_multistep_steps`` / ``_singlestep_steps`` (chosen by ``config.method``),
+    plus the optional ``denoise_to_zero`` step."""
+    t_start, t_end = time_range(schedule, config.t_start, config.t_end)
+    if config.method == "multistep":
+        steps = config._multistep_steps(schedule, t_start, t_end)
+    else:
+        steps = config._singlestep_steps(schedule, t_start, t_end)
+    if config.denoise_to_zero:
+        steps.append(denoise_step(schedule, t_end))
+    return build_plan_from_steps(steps, t_start, t_end, config)
 
 
 def initial_step(schedule, t_start: float, kind: str) -> Step:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.plan import Combination, Plan, Step
 from scire_jax.solvers import base
 from scire_jax.timesteps import time_grid
 
@@ -116,14 +116,8 @@ class DPMSolver:
         return "data" if self.algorithm == "dpmsolver++" else "noise"
 
     def build_plan(self, schedule) -> Plan:
-        t_start, t_end = base.time_range(schedule, self.t_start, self.t_end)
-        if self.method == "multistep":
-            steps = self._multistep_steps(schedule, t_start, t_end)
-        else:
-            steps = self._singlestep_steps(schedule, t_start, t_end)
-        if self.denoise_to_zero:
-            steps.append(base.denoise_step(schedule, t_end))
-        return build_plan_from_steps(steps, t_start, t_end, self)
+        """The host-side plan for ``schedule`` (see :mod:`scire_jax.plan`)."""
+        return base.build_method_plan(self, schedule)
 
     # -- the x-space combination of an update from s to t ------------------------------------------
     def _combination(self, schedule, s, t, terms: Dict[int, float], exponential: _Exponential, first: int):

@@ -40,7 +40,7 @@ from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 
-from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.plan import Combination, Plan, Step
 from scire_jax.schedules import DiscreteSchedule
 from scire_jax.solvers import base
 from scire_jax.timesteps import NSR_SHIFT, SKIP_TYPES, time_grid
@@ -186,14 +186,7 @@ class SciRE:
 
     def build_plan(self, schedule) -> Plan:
         """The host-side plan for ``schedule`` (see :mod:`scire_jax.plan`)."""
-        t_start, t_end = base.time_range(schedule, self.t_start, self.t_end)
-        if self.method == "multistep":
-            steps = self._multistep_steps(schedule, t_start, t_end)
-        else:
-            steps = self._singlestep_steps(schedule, t_start, t_end)
-        if self.denoise_to_zero:
-            steps.append(base.denoise_step(schedule, t_end))
-        return build_plan_from_steps(steps, t_start, t_end, self)
+        return base.build_method_plan(self, schedule)
 
     def _grid(self, schedule, t_start, t_end, n):
         return time_grid(schedule, self.skip_type, t_start, t_end, n, nsr_shift=self.nsr_shift)
