@@ -1,4 +1,4 @@
-"""The ``scire-jax`` command line: ``sample``, ``convert``, ``train``, ``bench accuracy``.
+"""The ``scire-jax`` command line: ``sample``, ``compare``, ``convert``, ``train``, ``bench``.
 
 ``scire-jax sample`` with no arguments draws 64 samples from the embedded default model with SciRE
 v1 multistep order 3 at 10 NFE and writes an 8x8 grid to ``samples.png``.
@@ -13,7 +13,6 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
-SOLVERS = ("scire", "ddim", "dpmsolver", "dpmsolver++", "unipc")
 DEFAULT_MODEL = "mnist"
 
 
@@ -33,39 +32,75 @@ def _positive_int(name):
     return parse
 
 
+def _add_model_arguments(parser):
+    parser.add_argument("--model", default=None,
+                        help="registered model name or path (default: mnist, the embedded model)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a converted folder or orbax checkpoint dir (instead of --model)")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of the initial noise (default 0)")
+    parser.add_argument("--batch-size", type=_positive_int("batch-size"), default=None,
+                        help="samples per network batch; larger --num runs in chunks (default: all at once, "
+                             "at most 256)")
+    parser.add_argument("--devices", type=_positive_int("devices"), default=None,
+                        help="shard each batch over this many local devices (default 1)")
+
+
 def _add_sample_parser(subparsers):
     parser = subparsers.add_parser("sample", help="sample the embedded (or a given) model")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="registered model name, orbax checkpoint dir or diffusers folder (default: mnist)")
+    _add_model_arguments(parser)
     parser.add_argument("--num", type=_positive_int("num"), default=64, help="number of samples (default 64)")
     parser.add_argument("--steps", type=_positive_int("steps"), default=10, help="NFE budget (default 10)")
-    parser.add_argument("--solver", default="scire", help=f"one of {', '.join(SOLVERS)} (default scire)")
-    parser.add_argument("--algorithm", default="v1", help="SciRE variant v1 / v2 (default v1)")
-    parser.add_argument("--method", default="multistep", help="multistep / singlestep_agile / singlestep_fixed")
-    parser.add_argument("--order", type=int, default=3, help="solver order 1-3 (default 3)")
-    parser.add_argument("--skip-type", default=None, help="time grid (default: NSR for SciRE, logSNR otherwise)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--solver", default="scire",
+                        help="scire, dpm (DPM-Solver++; --algorithm dpmsolver for DPM-Solver), ddim or unipc "
+                             "(default scire)")
+    parser.add_argument("--algorithm", default=None, help="scire: v1 (default) / v2; dpm: dpmsolver++ (default) / "
+                        "dpmsolver")
+    parser.add_argument("--method", default=None,
+                        help="multistep (default) / singlestep_agile / singlestep_fixed (scire, dpm)")
+    parser.add_argument("--order", type=int, default=None, help="solver order 1-3 (default 3; scire, dpm, unipc)")
+    parser.add_argument("--skip-type", default=None,
+                        help="time grid: NSR (scire default), logSNR (dpm, unipc default), time_uniform "
+                             "(ddim default), time_quadratic, karras")
+    parser.add_argument("--phi", default=None, help="scire only: 'official' (default) or a constant, e.g. 1")
     parser.add_argument("--out", default="samples.png", help="output .png (grid) or .npz (arrays in [-1, 1])")
     parser.add_argument("--scale", type=_positive_int("scale"), default=4, help="PNG upscaling factor (default 4)")
-    parser.add_argument("--progress", action="store_true", help="print one line per solver step")
+    parser.add_argument("--progress", action="store_true", help="also print one line per solver step")
+
+
+# CLI flag -> solver field, and which solvers have it
+_SOLVER_FLAGS = {
+    "algorithm": ("scire", "dpm"), "method": ("scire", "dpm"), "order": ("scire", "dpm", "unipc"),
+    "skip_type": ("scire", "dpm", "unipc", "ddim"), "phi": ("scire",),
+}
+_SOLVER_ALIASES = {"dpmsolver": "dpm:algorithm=dpmsolver", "dpmsolver++": "dpm:algorithm=dpmsolver++"}
+SOLVERS = ("scire", "dpm", "ddim", "unipc", "dpmsolver", "dpmsolver++")
+
+
+def _solver_spec_from_args(args) -> str:
+    """The solver spec (``scire_jax.comparison.solver_from_spec``) of the sample flags."""
+    if args.solver not in SOLVERS:
+        raise CommandError(f"--solver={args.solver!r} is not allowed; allowed: {', '.join(SOLVERS)}")
+    spec = _SOLVER_ALIASES.get(args.solver, args.solver)
+    name = spec.partition(":")[0]
+    fields = [spec.partition(":")[2]] if ":" in spec else []
+    for flag, solvers in _SOLVER_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if name not in solvers:
+            raise CommandError(f"--{flag.replace('_', '-')}={value!r} is not allowed with --solver={args.solver}: "
+                               f"it applies to {', '.join(solvers)}")
+        if flag == "algorithm" and args.solver in _SOLVER_ALIASES and value != args.solver:
+            raise CommandError(f"--algorithm={value!r} contradicts --solver={args.solver}")
+        fields.append(f"{flag}={value}")
+    return name + (":" + ",".join(fields) if fields else "")
 
 
 def _solver_from_args(args):
-    import scire_jax as sj
+    from scire_jax.comparison import solver_from_spec
 
-    if args.solver not in SOLVERS:
-        raise CommandError(f"--solver={args.solver!r} is not allowed; allowed: {', '.join(SOLVERS)}")
     try:
-        if args.solver == "scire":
-            return sj.SciRE(algorithm=args.algorithm, method=args.method, order=args.order, steps=args.steps,
-                            skip_type=args.skip_type or "NSR")
-        if args.solver == "ddim":
-            return sj.DDIM(steps=args.steps, skip_type=args.skip_type or "time_uniform")
-        if args.solver == "unipc":
-            return sj.UniPC(order=args.order, steps=args.steps, skip_type=args.skip_type or "logSNR")
-        method = {"multistep": "multistep", "singlestep_agile": "singlestep"}.get(args.method, args.method)
-        return sj.DPMSolver(algorithm=args.solver, method=method, order=args.order, steps=args.steps,
-                            skip_type=args.skip_type or "logSNR")
+        return solver_from_spec(_solver_spec_from_args(args), args.steps)
     except ValueError as error:
         raise CommandError(str(error)) from None
 
@@ -76,6 +111,11 @@ def _check_output(path):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise CommandError(f"--out={path!r} is not writable: directory {directory!r} does not exist or is read-only")
+
+
+def _write_text(path, text):
+    with open(path, "w") as handle:
+        handle.write(text)
 
 
 def _atomic_write(path, write):
@@ -93,6 +133,41 @@ def _atomic_write(path, write):
         raise
 
 
+def _load_model(args):
+    """``(apply_fn, params, schedule, prediction, model)`` of --model / --checkpoint."""
+    from scire_jax.pretrained import load_pretrained
+
+    if args.model is not None and args.checkpoint is not None:
+        raise CommandError(f"--model={args.model!r} and --checkpoint={args.checkpoint!r} are not allowed together: "
+                           "give one")
+    flag, model = ("checkpoint", args.checkpoint) if args.checkpoint is not None else ("model", args.model or DEFAULT_MODEL)
+    try:
+        return load_pretrained(model) + (model,)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        raise CommandError(f"--{flag}={model!r}: {error}") from None
+
+
+def _mesh_from_args(args):
+    """A batch mesh over ``--devices`` local devices (None for one device)."""
+    if args.devices is None or args.devices == 1:
+        return None
+    import jax
+
+    from scire_jax.distributed import batch_mesh
+
+    available = jax.local_devices()
+    if args.devices > len(available):
+        raise CommandError(f"--devices={args.devices} is not allowed: only {len(available)} local device(s) "
+                           f"({available[0].platform})")
+    return batch_mesh(available[:args.devices])
+
+
+def _batch_size(args, devices: int) -> int:
+    """Chunk size: --batch-size (default min(num, 256)), rounded up to a multiple of the device count."""
+    batch = args.batch_size or min(args.num, 256)
+    return -(-batch // devices) * devices
+
+
 def run_sample(args) -> int:
     solver = _solver_from_args(args)
     _check_output(args.out)
@@ -100,37 +175,39 @@ def run_sample(args) -> int:
     import numpy as np
 
     import scire_jax as sj
-    from scire_jax.pretrained import load_pretrained
+    from scire_jax.comparison import sample_in_chunks, solver_label
 
-    try:
-        apply_fn, params, schedule, prediction = load_pretrained(args.model)
-    except (ValueError, FileNotFoundError) as error:
-        raise CommandError(f"--model={args.model!r}: {error}") from None
-    sample_size, channels = _sample_geometry(args.model, params)
+    mesh = _mesh_from_args(args)
+    apply_fn, params, schedule, prediction, model = _load_model(args)
+    sample_size, channels = _sample_geometry(model, params)
     noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
     callback = None
     if args.progress:
         def callback(step, t):
             print(f"step {int(step)} t={float(t):.4f}", file=sys.stderr, flush=True)
     try:
-        sample_fn = sj.make_sampler(solver, schedule, noise_fn, callback=callback)
+        sample_fn = sj.make_sampler(solver, schedule, noise_fn, callback=callback, mesh=mesh)
+        nfe = sj.plan(solver, schedule).nfe
     except ValueError as error:
         raise CommandError(str(error)) from None
+    devices = 1 if mesh is None else mesh.size
+    batch = _batch_size(args, devices)
+    chunks = -(-args.num // batch)
     start = time.perf_counter()
-    samples = jax.jit(sample_fn, static_argnums=2)(params, jax.random.key(args.seed),
-                                                    (args.num, sample_size, sample_size, channels))
-    samples = np.clip(np.asarray(samples), -1.0, 1.0)
+    samples = sample_in_chunks(sample_fn, params, jax.random.key(args.seed),
+                               (args.num, sample_size, sample_size, channels), batch,
+                               progress="sampling" if chunks > 1 else None)
+    samples = np.clip(samples, -1.0, 1.0)
     elapsed = time.perf_counter() - start
     if args.out.endswith(".npz"):
         _atomic_write(args.out, lambda p: np.savez(p, samples=samples))
     else:
         from scire_jax.images import image_grid, write_png
 
-        grid = image_grid(samples, scale=args.scale, pad=1)
-        _atomic_write(args.out, lambda p: write_png(p, grid))
-    nfe = sj.plan(solver, schedule).nfe
-    print(f"wrote {args.out}: {args.num} samples, {type(solver).__name__} NFE={nfe}, {elapsed:.1f} s "
-          f"(compile included)")
+        write_png(args.out, image_grid(samples, scale=args.scale, pad=1))
+    print(f"wrote {args.out}: {args.num} samples of {sample_size}x{sample_size}x{channels}, "
+          f"{solver_label(solver)} NFE={nfe}, {elapsed:.1f} s ({args.num / elapsed:.1f} samples/s, compilation "
+          f"included; {chunks} batch(es) of {batch} on {devices} device(s))")
     return 0
 
 
@@ -162,31 +239,124 @@ def _sample_geometry(model, params):
     return int(size), channels
 
 
+def _add_compare_parser(subparsers):
+    parser = subparsers.add_parser(
+        "compare", help="solvers side by side: one labelled grid, classifier FD and error vs a reference",
+        description="Sample the same initial noise with every solver at every NFE; write one labelled grid "
+                    "(a row per solver, a column per NFE, the reference on the right), and print markdown tables "
+                    "of the RMSE against a many-step reference solution of the same network, the classifier FD and "
+                    "the fraction of confident classifications (16x16 digit models), and the wall time.")
+    _add_model_arguments(parser)
+    parser.add_argument("--solvers", nargs="+", default=["scire", "dpm", "ddim"],
+                        help="solver specs NAME[:FIELD=VALUE,...], e.g. scire 'scire:order=2,phi=1' "
+                             "'dpm:algorithm=dpmsolver' unipc ddim (default: scire dpm ddim)")
+    parser.add_argument("--nfe", type=_positive_int("nfe"), nargs="+", default=[5, 10, 20],
+                        help="NFE budgets (default 5 10 20)")
+    parser.add_argument("--num", type=_positive_int("num"), default=256,
+                        help="samples per solver and NFE (default 256; the FD is biased upwards at small counts)")
+    parser.add_argument("--reference-steps", type=_positive_int("reference-steps"), default=1000,
+                        help="steps of the reference solution (default 1000)")
+    parser.add_argument("--reference", default="dpm:order=3",
+                        help="solver spec of the reference solution (default dpm:order=3, DPM-Solver++ 3M)")
+    parser.add_argument("--per-cell", type=_positive_int("per-cell"), default=16,
+                        help="samples shown per grid cell (default 16)")
+    parser.add_argument("--out", default="compare.png", help="output PNG; the tables also go to OUT with .md and .json")
+    parser.add_argument("--scale", type=_positive_int("scale"), default=3, help="PNG upscaling factor (default 3)")
+    parser.add_argument("--no-metrics", action="store_true", help="skip the classifier metrics")
+
+
+def run_compare(args) -> int:
+    from scire_jax.comparison import solver_from_spec
+
+    specs = list(args.solvers)
+    for spec in specs + [args.reference]:
+        try:
+            solver_from_spec(spec, max(args.nfe))
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+    if not args.out.endswith(".png"):
+        raise CommandError(f"--out={args.out!r} is not allowed: it must end in .png")
+    _check_output(args.out)
+    import json
+
+    import numpy as np
+
+    import scire_jax as sj
+    from scire_jax import comparison
+
+    mesh = _mesh_from_args(args)
+    if mesh is not None:
+        raise CommandError("--devices is not supported by compare yet; use sample --devices")
+    apply_fn, params, schedule, prediction, model = _load_model(args)
+    sample_size, channels = _sample_geometry(model, params)
+    shape = (sample_size, sample_size, channels)
+    with_metrics = not args.no_metrics and shape == (16, 16, 1)
+    noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
+    try:
+        result = comparison.compare_solvers(
+            noise_fn, params, schedule, specs, args.nfe, num=args.num, shape=shape, seed=args.seed,
+            batch_size=_batch_size(args, 1), reference_steps=args.reference_steps, reference_spec=args.reference,
+            with_metrics=with_metrics, progress=True)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    real_fd = None
+    if with_metrics:
+        from scire_jax import metrics
+
+        stats = metrics.load_reference_stats()
+        real_fd = {key: float(stats[key]) for key in ("fd_real_500", "fd_real_1000") if key in stats}
+    tables = comparison.format_tables(result, real_fd)
+    if not with_metrics:
+        tables += ("\n(classifier metrics skipped: " + ("--no-metrics" if args.no_metrics else
+                   f"the shipped digit classifier takes 16x16x1 images, this model makes {shape}") + ")\n")
+    image = comparison.comparison_image(result, per_cell=args.per_cell, scale=args.scale)
+    base = args.out[:-len(".png")]
+    record = {
+        "model": model, "seed": args.seed, "num": args.num, "reference": result.reference_label,
+        "reference_self_error": result.reference_self_error, "reference_metrics": result.reference_metrics,
+        "runs": [{"spec": spec, "label": result.labels[spec], "nfe_budget": budget,
+                  "nfe": result.nfe[(spec, budget)], "seconds": result.seconds[(spec, budget)],
+                  **result.errors[(spec, budget)], **result.metrics[(spec, budget)]}
+                 for spec in result.specs for budget in result.budgets],
+    }
+    from scire_jax.images import write_png
+
+    _atomic_write(base + ".json", lambda p: _write_text(p, json.dumps(record, indent=1) + "\n"))
+    _atomic_write(base + ".md", lambda p: _write_text(p, tables))
+    write_png(args.out, image)
+    print(tables)
+    print(f"wrote {args.out} (rows: {', '.join(result.labels[s] for s in specs)}; columns: NFE "
+          f"{', '.join(map(str, args.nfe))}, reference), {base}.md and {base}.json")
+    return 0
+
+
 def _add_bench_parser(subparsers):
-    parser = subparsers.add_parser("bench", help="benchmarks (accuracy atlas)")
-    parser.add_argument("what", choices=["accuracy"])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default="docs")
+    parser = subparsers.add_parser("bench", help="benchmarks: accuracy atlas or speed (source checkout)")
+    parser.add_argument("what", choices=["accuracy", "speed"])
+    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
+    parser.add_argument("--out", default="docs", help="output folder of the markdown report (default docs)")
 
 
 def run_bench(args) -> int:
     import importlib.util
     import pathlib
 
-    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "accuracy.py"
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.what}.py"
     if not script.exists():
-        raise CommandError("the accuracy benchmark ships with the source repository (benchmarks/accuracy.py)")
-    spec = importlib.util.spec_from_file_location("scire_jax_accuracy_benchmark", script)
+        raise CommandError(f"the {args.what} benchmark ships with the source repository (benchmarks/{args.what}.py)")
+    spec = importlib.util.spec_from_file_location(f"scire_jax_{args.what}_benchmark", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     argv = ["--out", args.out] + (["--quick"] if args.quick else [])
-    return int(module.main(argv) or 0)
+    result = module.main(argv)
+    return int(result) if isinstance(result, int) else 0
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="scire-jax", description="SciRE-Solver and baseline diffusion samplers in JAX")
     subparsers = parser.add_subparsers(dest="command")
     _add_sample_parser(subparsers)
+    _add_compare_parser(subparsers)
     try:
         from scire_jax.convert.cli import add_convert_parser
         add_convert_parser(subparsers)
@@ -214,7 +384,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return int(run_convert(args))
         if args.command == "train":
             from scire_jax.train import run_train
-            return int(run_train(args))
+            try:
+                return int(run_train(args))
+            except ValueError as error:
+                raise CommandError(str(error)) from None
+        if args.command == "compare":
+            return run_compare(args)
         if args.command == "bench":
             return run_bench(args)
     except CommandError as error:

@@ -49,7 +49,7 @@ def batch_mesh(devices=None, axis_name: str = BATCH_AXIS) -> jax.sharding.Mesh:
 
 def make_sharded_sampler(solver, schedule, noise_fn: Callable, mesh: Optional[jax.sharding.Mesh] = None, *,
                          dtype=None, axis_name: Optional[str] = None, callback: Optional[Callable] = None):
-    """``sample_fn(params, key, shape)`` with the batch axis sharded over ``mesh``.
+    """``sample_fn(params, key, shape, first_index=0)`` with the batch axis sharded over ``mesh``.
 
     Params (and the plan's constants) are replicated; the initial noise, every state and the
     output are sharded along the batch axis.  ``shape[0]`` must be divisible by the mesh size.
@@ -70,12 +70,12 @@ def make_sharded_sampler(solver, schedule, noise_fn: Callable, mesh: Optional[ja
     replicated = NamedSharding(mesh, PartitionSpec())
     size = mesh.shape[axis_name]
 
-    def sample_fn(params, key, shape):
+    def sample_fn(params, key, shape, first_index=0):
         if shape[0] % size:
             raise ValueError(f"shape[0]={shape[0]} is not allowed: the batch must be divisible by the "
                              f"{size} devices of mesh axis {axis_name!r}")
         params = jax.lax.with_sharding_constraint(params, jax.tree_util.tree_map(lambda _: replicated, params))
-        x_start = jax.lax.with_sharding_constraint(initial_noise(key, shape, dtype), batch_sharding)
+        x_start = jax.lax.with_sharding_constraint(initial_noise(key, shape, dtype, first_index), batch_sharding)
         x = solve(solver, schedule, noise_fn, params, x_start, callback=callback)
         return jax.lax.with_sharding_constraint(x, batch_sharding)
 

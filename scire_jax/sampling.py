@@ -113,14 +113,15 @@ def solve(solver, schedule, noise_fn: Callable, params, x_start, *, return_traje
                         correct_xt=getattr(solver, "correct_xt", None), callback=callback)
 
 
-def initial_noise(key, shape, dtype=None):
+def initial_noise(key, shape, dtype=None, first_index=0):
     """Standard normal ``x_T`` where sample ``i`` depends only on ``(key, i)``.
 
-    ``x_T[i] = normal(fold_in(key, i), shape[1:])``: the same key gives the same samples for any
-    batch split and any number of devices.
+    ``x_T[j] = normal(fold_in(key, first_index + j), shape[1:])``: the same key gives the same
+    samples for any batch split and any number of devices; a large batch drawn in chunks of ``b``
+    (``first_index = 0, b, 2b, ...``) equals the batch drawn at once.
     """
     dtype = jnp.result_type(float) if dtype is None else dtype
-    indices = jnp.arange(shape[0])
+    indices = first_index + jnp.arange(shape[0])
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape[1:]), dtype))(indices)
 
 
@@ -129,7 +130,10 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
     """Build ``sample_fn(params, key, shape)`` that draws ``x_T`` and solves to ``t_end``.
 
     The plan is built (and validated) now, on the host.  Use it as
-    ``jax.jit(sample_fn, static_argnums=2)(params, key, shape)``.
+    ``jax.jit(sample_fn, static_argnums=2)(params, key, shape)``.  Sample ``i`` starts from
+    ``normal(fold_in(key, i))``; the optional fourth argument ``first_index`` (traced, default 0)
+    offsets ``i``, so chunks ``sample_fn(params, key, (b, ...), k * b)`` start from the same noise
+    as the batch ``sample_fn(params, key, (n, ...))``, with one compilation for all chunks.
 
     Args:
       solver, schedule, noise_fn: as :func:`solve`.
@@ -154,8 +158,8 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
         from scire_jax.distributed import make_sharded_sampler
         return make_sharded_sampler(solver, schedule, noise_fn, mesh, dtype=dtype, callback=callback)
 
-    def sample_fn(params, key, shape):
-        x_start = initial_noise(key, shape, dtype)
+    def sample_fn(params, key, shape, first_index=0):
+        x_start = initial_noise(key, shape, dtype, first_index)
         return solve(solver, schedule, noise_fn, params, x_start, return_trajectory=return_trajectory,
                      callback=callback)
 

@@ -382,6 +382,13 @@ def _save(manager, state, step):
     manager.wait_until_finished()
 
 
+def _write_json_atomic(path: str, value) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(value, handle, indent=2)
+    os.replace(temporary, path)
+
+
 def train(
     config: TrainConfig,
     out_dir: str,
@@ -389,6 +396,7 @@ def train(
     stop_at: Optional[int] = None,
     max_wall_s: Optional[float] = None,
     verbose: bool = True,
+    extend: bool = False,
 ) -> TrainState:
     """Train (or resume training) a DDPM noise-prediction model; see the module docstring.
 
@@ -401,6 +409,10 @@ def train(
         Used to interrupt runs; the learning-rate schedule still uses ``config.steps``.
       max_wall_s: also stop, with a checkpoint, after this many seconds.
       verbose: print the progress line.
+      extend: allow resuming a run whose ``config.json`` differs from ``config`` only in a larger
+        ``steps``: a second training stage.  The learning rate follows the new schedule from the
+        resumed step on (a warm restart of the cosine decay); each extension is recorded in
+        ``stages.json`` of the run folder (the step it resumed from and both ``steps``).
 
     Returns:
       :class:`TrainState` at the step where training stopped.
@@ -417,8 +429,21 @@ def train(
             saved = json.load(handle)
         if saved != config.to_dict():
             diff = sorted(k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k))
-            raise ValueError(f"config differs from the checkpointed run in {out_dir} (fields {diff}); "
-                             "use resume=False or another out_dir")
+            if extend and diff == ["steps"] and config.steps > latest:
+                stages_path = os.path.join(out_dir, "stages.json")
+                stages = []
+                if os.path.exists(stages_path):
+                    with open(stages_path) as handle:
+                        stages = json.load(handle)
+                stages.append({"resumed_at_step": int(latest), "previous_steps": saved["steps"],
+                               "steps": config.steps})
+                _write_json_atomic(stages_path, stages)
+            elif extend:
+                raise ValueError(f"extend=True allows only a larger 'steps' (> the checkpointed step {latest}); "
+                                 f"the config differs from the run in {out_dir} in fields {diff}")
+            else:
+                raise ValueError(f"config differs from the checkpointed run in {out_dir} (fields {diff}); "
+                                 "use resume=False, extend=True (a larger 'steps' only) or another out_dir")
     if not resume:
         for step in manager.all_steps():
             manager.delete(step)
@@ -584,6 +609,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-at", type=int, help="stop (with a checkpoint) at this step")
     parser.add_argument("--max-wall-min", type=float, help="stop (with a checkpoint) after this many minutes")
     parser.add_argument("--no-resume", action="store_true", help="start over even if out/ has checkpoints")
+    parser.add_argument("--extend", action="store_true",
+                        help="resume a run with a larger --steps: a second stage (warm restart of the cosine decay)")
     parser.add_argument("--export", help="after training, save the EMA model for load_pretrained() here")
 
 
@@ -608,7 +635,8 @@ def run_train(args) -> int:
     """Run the ``train`` sub-command for parsed ``args``."""
     config = config_from_args(args)
     max_wall = None if args.max_wall_min is None else 60.0 * args.max_wall_min
-    state = train(config, args.out, resume=not args.no_resume, stop_at=args.stop_at, max_wall_s=max_wall)
+    state = train(config, args.out, resume=not args.no_resume, stop_at=args.stop_at, max_wall_s=max_wall,
+                  extend=bool(getattr(args, "extend", False)))
     tail = float(np.mean(state.losses[-200:])) if len(state.losses) else float("nan")
     print(f"stopped at step {state.step}; mean loss of the last 200 steps {tail:.5f}")
     if args.export:

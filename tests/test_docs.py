@@ -21,7 +21,8 @@ def test_readme_example_reproduces_the_spec_golden_values():
 
 
 MODULES = ["scire_jax.schedules", "scire_jax.timesteps", "scire_jax.wrappers", "scire_jax.sampling",
-           "scire_jax.solvers.scire", "scire_jax.solvers.dpm", "scire_jax.solvers.unipc"]
+           "scire_jax.solvers.scire", "scire_jax.solvers.dpm", "scire_jax.solvers.unipc", "scire_jax.comparison",
+           "scire_jax.images"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -51,6 +51,29 @@ def test_resume_rejects_changed_config(uninterrupted):
         train_lib.train(changed, out, resume=True, verbose=False)
 
 
+def test_extend_is_a_second_stage_with_a_warm_restart(uninterrupted, tmp_path):
+    import json
+    import shutil
+
+    source, full = uninterrupted
+    out = str(tmp_path / "extended")
+    shutil.copytree(source, out)
+    longer = train_lib.TrainConfig.from_dict(dict(TINY.to_dict(), steps=30))
+    with pytest.raises(ValueError, match="extend=True"):
+        train_lib.train(longer, out, resume=True, verbose=False)
+    other = train_lib.TrainConfig.from_dict(dict(TINY.to_dict(), steps=30, batch_size=16))
+    with pytest.raises(ValueError, match="allows only a larger 'steps'"):
+        train_lib.train(other, out, resume=True, verbose=False, extend=True)
+    extended = train_lib.train(longer, out, resume=True, verbose=False, extend=True)
+    assert extended.step == 30
+    np.testing.assert_array_equal(extended.losses[:20], full.losses)  # stage 1 kept
+    assert np.all(np.isfinite(extended.losses[20:]))
+    with open(os.path.join(out, "stages.json")) as handle:
+        assert json.load(handle) == [{"resumed_at_step": 20, "previous_steps": 20, "steps": 30}]
+    _, lr = train_lib.make_optimizer(longer)
+    assert float(lr(20)) > 5 * float(train_lib.make_optimizer(TINY)[1](20))  # the restart raised the rate
+
+
 def jax_leaves(tree):
     import jax
 

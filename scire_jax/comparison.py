@@ -1,0 +1,325 @@
+"""Solvers side by side on one network: sample grids, classifier metrics and error vs NFE.
+
+This is what ``scire-jax compare`` runs.  Every solver and NFE starts from the same initial noise
+(sample ``i`` from ``fold_in(key, i)``), so the grids show the *same* samples drawn by different
+solvers, and the error of each against a many-step reference solution of the same network is the
+discretisation error of the sampler alone ("MSE vs ground truth" on a real network).
+
+Solvers are named by short specs, ``NAME[:FIELD=VALUE,...]`` (see :func:`solver_from_spec`)::
+
+    scire                          SciRE v1 multistep order 3, NSR grid (the default sampler)
+    scire:method=singlestep_fixed,order=2,phi=1
+    dpm                            DPM-Solver++ multistep order 3, logSNR grid
+    dpm:algorithm=dpmsolver,order=2
+    ddim                           DDIM, time-uniform grid
+    unipc:order=2,variant=bh2
+
+Example:
+    >>> import jax.numpy as jnp, scire_jax as sj
+    >>> from scire_jax import comparison
+    >>> schedule = sj.schedules.linear()
+    >>> noise_fn = sj.analytic.model_fn(sj.analytic.Gaussian(jnp.zeros(4), jnp.ones(4)), schedule)
+    >>> result = comparison.compare_solvers(noise_fn, None, schedule, ["scire", "ddim"], [5, 10],
+    ...                                     num=4, shape=(4,), reference_steps=200, with_metrics=False)
+    >>> sorted(result.errors)
+    [('ddim', 5), ('ddim', 10), ('scire', 5), ('scire', 10)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import numpy as np
+
+from scire_jax import sampling
+from scire_jax.solvers import DPMSolver, SciRE, UniPC
+from scire_jax.solvers.scire import DDIM
+
+__all__ = ["SOLVER_NAMES", "solver_from_spec", "solver_label", "sample_in_chunks", "compare_solvers",
+           "Comparison", "format_tables", "comparison_image"]
+
+# name -> (constructor, fixed/default fields); explicit spec fields override the defaults
+SOLVER_NAMES: Dict[str, Tuple[Callable, Dict[str, Any]]] = {
+    "scire": (SciRE, {"algorithm": "v1", "method": "multistep", "order": 3, "skip_type": "NSR"}),
+    "dpm": (DPMSolver, {"algorithm": "dpmsolver++", "method": "multistep", "order": 3, "skip_type": "logSNR"}),
+    "dpmsolver": (DPMSolver, {"algorithm": "dpmsolver", "method": "multistep", "order": 3, "skip_type": "logSNR"}),
+    "dpmsolver++": (DPMSolver, {"algorithm": "dpmsolver++", "method": "multistep", "order": 3,
+                                "skip_type": "logSNR"}),
+    "unipc": (UniPC, {"order": 3, "skip_type": "logSNR"}),
+    "ddim": (DDIM, {"skip_type": "time_uniform"}),
+}
+# fields a spec may not set: the NFE comes from the comparison, callables cannot be typed in
+_RESERVED = ("steps", "thresholding", "correct_xt")
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def solver_fields(name: str) -> List[str]:
+    """The fields a spec of solver ``name`` may set."""
+    constructor, _ = SOLVER_NAMES[name]
+    target = constructor if not isinstance(constructor, type) else constructor.__init__
+    names = [p for p in inspect.signature(target).parameters if p != "self"]
+    if dataclasses.is_dataclass(constructor):
+        names = [field.name for field in dataclasses.fields(constructor) if field.init]
+    return [n for n in names if n not in _RESERVED]
+
+
+def solver_from_spec(spec: str, steps: int):
+    """Build a solver from ``NAME[:FIELD=VALUE,...]`` with ``steps`` steps (the NFE budget).
+
+    Args:
+      spec: e.g. ``"scire"``, ``"scire:order=2,phi=1"``, ``"dpm:algorithm=dpmsolver"``; names are
+        the keys of :data:`SOLVER_NAMES`, fields those of the solver's constructor (``steps``
+        excluded).  Values are parsed as int, float, bool or ``none`` where they can be, else kept
+        as strings.  ``singlestep_agile`` is accepted for DPM-Solver's ``singlestep``.
+      steps: number of steps (the NFE budget; see the solver for its exact NFE).
+
+    Returns:
+      The solver (validated when its plan is built).
+
+    Raises:
+      ValueError: unknown name, malformed field or a field the solver does not have.
+    """
+    name, _, fields_text = spec.partition(":")
+    name = name.strip().lower()
+    if name not in SOLVER_NAMES:
+        raise ValueError(f"solver {spec!r} is not allowed: the name must be one of {', '.join(SOLVER_NAMES)}")
+    constructor, defaults = SOLVER_NAMES[name]
+    fields = dict(defaults)
+    allowed = solver_fields(name)
+    for item in filter(None, (part.strip() for part in fields_text.split(","))):
+        key, equals, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not equals:
+            raise ValueError(f"solver {spec!r}: field {item!r} is not allowed: write FIELD=VALUE")
+        if key not in allowed:
+            raise ValueError(f"solver {spec!r}: field {key!r} is not allowed for {name}; allowed: {', '.join(allowed)}")
+        fields[key] = _parse_value(value.strip())
+    if constructor is DPMSolver and fields.get("method") == "singlestep_agile":
+        fields["method"] = "singlestep"
+    if name in ("dpmsolver", "dpmsolver++") and fields["algorithm"] != name:
+        raise ValueError(f"solver {spec!r}: algorithm={fields['algorithm']!r} contradicts the name {name!r} "
+                         f"(use 'dpm:algorithm=...')")
+    try:
+        return constructor(steps=steps, **fields)
+    except TypeError as error:  # a field of the wrong kind
+        raise ValueError(f"solver {spec!r}: {error}") from None
+
+
+def solver_label(solver) -> str:
+    """A short human label: ``SciRE-v1 3M``, ``DPM++ 2S``, ``UniPC-3``, ``DDIM``."""
+    if isinstance(solver, SciRE):
+        if solver.order == 1 and solver.method == "multistep" and solver.algorithm == "v1":
+            return "DDIM"
+        kind = {"multistep": "M", "singlestep_agile": "S", "singlestep_fixed": "SF"}[solver.method]
+        phi = "" if solver.phi == "official" else f" phi={solver.phi:g}"
+        return f"SciRE-{solver.algorithm} {solver.order}{kind}{phi}"
+    if isinstance(solver, DPMSolver):
+        kind = {"multistep": "M", "singlestep": "S", "singlestep_fixed": "SF"}[solver.method]
+        return f"{'DPM++' if solver.algorithm == 'dpmsolver++' else 'DPM'} {solver.order}{kind}"
+    if isinstance(solver, UniPC):
+        return f"UniPC-{solver.order}"
+    return type(solver).__name__
+
+
+def _progress_line(done: int, total: int, started: float, label: str, stream) -> None:
+    width = 24
+    filled = int(width * done / total)
+    elapsed = time.perf_counter() - started
+    rate = f"{done / elapsed:.1f} samples/s" if done and elapsed > 0 else ""
+    end = "\n" if done == total or not stream.isatty() else "\r"
+    stream.write(f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate}{end}")
+    stream.flush()
+
+
+def sample_in_chunks(sample_fn: Callable, params, key, shape: Sequence[int], batch_size: Optional[int] = None,
+                     progress: Optional[str] = None, stream=None) -> np.ndarray:
+    """Draw ``shape[0]`` samples in chunks of ``batch_size`` with one compilation.
+
+    ``sample_fn`` is a :func:`scire_jax.make_sampler` (or sharded) sampler; chunk ``k`` draws samples
+    ``k b .. (k+1) b - 1`` (``first_index = k b``), so every sample starts from the same noise as in
+    the one-batch result for the same key (the outputs agree up to the network's float rounding,
+    which XLA may order differently for different batch sizes).  The last chunk is padded to ``b`` and cut, so every chunk reuses the same executable.
+
+    Args:
+      sample_fn: ``sample_fn(params, key, shape, first_index)``.
+      params, key: as for ``sample_fn``.
+      shape: full output shape ``(n, ...)``.
+      batch_size: chunk size (default: ``n``, one chunk).
+      progress: a label: print a progress bar with samples/s to ``stream`` (default stderr).
+
+    Returns:
+      numpy array of ``shape``.
+    """
+    count = int(shape[0])
+    batch = count if batch_size is None else min(int(batch_size), count)
+    compiled = jax.jit(sample_fn, static_argnums=2)
+    stream = sys.stderr if stream is None else stream
+    chunks = []
+    started = time.perf_counter()
+    for first in range(0, count, batch):
+        chunk = np.asarray(compiled(params, key, (batch,) + tuple(shape[1:]), first))
+        chunks.append(chunk[:min(batch, count - first)])
+        if progress is not None:
+            _progress_line(min(first + batch, count), count, started, progress, stream)
+    return np.concatenate(chunks, axis=0)
+
+
+class Comparison(NamedTuple):
+    """Results of :func:`compare_solvers`; dictionaries keyed by ``(spec, nfe_budget)``."""
+
+    specs: List[str]                     # solver specs, in order
+    labels: Dict[str, str]               # spec -> human label
+    budgets: List[int]                   # requested NFE budgets
+    nfe: Dict[Tuple[str, int], int]      # actual network evaluations
+    samples: Dict[Tuple[str, int], np.ndarray]  # (n, ...) unclipped final samples
+    errors: Dict[Tuple[str, int], Dict[str, float]]  # rmse / max_abs against the reference
+    metrics: Dict[Tuple[str, int], Dict[str, float]]  # classifier metrics ({} without metrics)
+    seconds: Dict[Tuple[str, int], float]  # wall time of the sampling (compilation included)
+    reference: np.ndarray                # (n, ...) reference solution
+    reference_label: str
+    reference_self_error: Dict[str, float]  # reference vs the same solver at half the steps
+    reference_metrics: Dict[str, float]
+
+
+def _errors(x, reference) -> Dict[str, float]:
+    difference = np.asarray(x, np.float64) - np.asarray(reference, np.float64)
+    return {"rmse": float(np.sqrt(np.mean(difference ** 2))), "max_abs": float(np.max(np.abs(difference)))}
+
+
+def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], budgets: Sequence[int], *,
+                    num: int = 64, shape: Sequence[int], seed: int = 0, batch_size: Optional[int] = None,
+                    reference_steps: int = 1000, reference_spec: str = "dpm:order=3",
+                    with_metrics: bool = True, metrics_name: str = "mnist16",
+                    progress: bool = False, stream=None) -> Comparison:
+    """Sample ``num`` images with every solver spec at every NFE budget and score them.
+
+    Args:
+      noise_fn, params, schedule: the model, as for :func:`scire_jax.make_sampler`.
+      specs: solver specs (:func:`solver_from_spec`).
+      budgets: NFE budgets (each solver's ``steps``).
+      num: samples per solver and NFE, all from the same initial noise.
+      shape: the shape of one sample (e.g. ``(16, 16, 1)``).
+      seed: PRNG seed of the initial noise.
+      batch_size: chunk size of the sampling (memory bound), default ``num``.
+      reference_steps: steps of the reference solution (by ``reference_spec``); its own error is
+        estimated by the same solver at ``reference_steps // 2`` (``reference_self_error``).
+      with_metrics: compute :func:`scire_jax.metrics.sample_metrics` (16x16x1 digit models only).
+      progress: print one progress bar per run to ``stream`` (default stderr).
+
+    Returns:
+      A :class:`Comparison`.
+    """
+    for budget in budgets:
+        if int(budget) < 1:
+            raise ValueError(f"budgets contains {budget}: every NFE budget must be >= 1")
+    if num < 1:
+        raise ValueError(f"num={num} is not allowed: it must be >= 1")
+    solvers = {spec: {budget: solver_from_spec(spec, budget) for budget in budgets} for spec in specs}
+    reference_solver = solver_from_spec(reference_spec, reference_steps)
+    check_solver = solver_from_spec(reference_spec, max(1, reference_steps // 2))
+    for per_budget in solvers.values():
+        for solver in per_budget.values():
+            sampling.plan(solver, schedule)  # every plan validated before any sampling
+    sampling.plan(reference_solver, schedule)
+    score = None
+    if with_metrics:
+        from scire_jax import metrics as metrics_lib
+
+        def score(x):
+            return metrics_lib.sample_metrics(np.clip(x, -1.0, 1.0), metrics_name)
+    key = jax.random.key(seed)
+    full_shape = (num,) + tuple(shape)
+
+    def run(solver, label):
+        sample_fn = sampling.make_sampler(solver, schedule, noise_fn)
+        started = time.perf_counter()
+        x = sample_in_chunks(sample_fn, params, key, full_shape, batch_size,
+                             progress=label if progress else None, stream=stream)
+        return x, time.perf_counter() - started
+
+    reference_label = f"{solver_label(reference_solver)} x{sampling.plan(reference_solver, schedule).nfe}"
+    reference, _ = run(reference_solver, reference_label)
+    check, _ = run(check_solver, f"{solver_label(check_solver)} x{sampling.plan(check_solver, schedule).nfe}")
+    result = Comparison(list(specs), {}, [int(b) for b in budgets], {}, {}, {}, {}, {}, reference,
+                        reference_label, _errors(check, reference), score(reference) if score else {})
+    for spec in specs:
+        for budget in budgets:
+            solver = solvers[spec][budget]
+            result.labels[spec] = solver_label(solver)
+            nfe = sampling.plan(solver, schedule).nfe
+            x, seconds = run(solver, f"{solver_label(solver)} NFE {nfe}")
+            result.nfe[(spec, budget)] = nfe
+            result.samples[(spec, budget)] = x
+            result.seconds[(spec, budget)] = seconds
+            result.errors[(spec, budget)] = _errors(x, reference)
+            result.metrics[(spec, budget)] = score(x) if score else {}
+    return result
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_tables(result: Comparison, real_fd: Optional[Dict[str, float]] = None) -> str:
+    """Markdown tables: RMSE vs the reference, and (if computed) classifier FD and % confident."""
+    header = ["solver"] + [f"NFE {b}" for b in result.budgets]
+
+    def rows(cell):
+        return [[f"{result.labels[s]} (`{s}`)"] + [cell(s, b) for b in result.budgets] for s in result.specs]
+
+    def nfe_note(s, b):
+        return "" if result.nfe[(s, b)] == b else f" ({result.nfe[(s, b)]})"
+
+    parts = [_table(f"RMSE vs {result.reference_label} (reference's own RMSE vs half its steps: "
+                    f"{result.reference_self_error['rmse']:.1e})", header,
+                    rows(lambda s, b: f"{result.errors[(s, b)]['rmse']:.2e}{nfe_note(s, b)}"))]
+    if any(result.metrics.values()):
+        count = next(iter(result.metrics.values()))["n"]
+        note = f"reference {result.reference_metrics['fd']:.2f}"
+        if real_fd:
+            note += ", real data at this count " + ", ".join(f"{k}: {v:.2f}" for k, v in real_fd.items())
+        parts.append(_table(f"classifier FD, {count} samples ({note})", header,
+                            rows(lambda s, b: f"{result.metrics[(s, b)]['fd']:.2f}")))
+        parts.append(_table(f"confident (top class p > 0.9; reference {100 * result.reference_metrics['confident']:.1f} %)",
+                            header, rows(lambda s, b: f"{100 * result.metrics[(s, b)]['confident']:.1f} %")))
+    parts.append(_table("wall time (s, compilation included)", header,
+                        rows(lambda s, b: f"{result.seconds[(s, b)]:.1f}")))
+    return "\n\n".join(parts) + "\n"
+
+
+def comparison_image(result: Comparison, per_cell: int = 16, scale: int = 3) -> np.ndarray:
+    """One labelled picture: a row per solver, a column per NFE, the reference on the right.
+
+    Each cell is a grid of the first ``per_cell`` samples, the same samples in every cell.
+    """
+    from scire_jax.images import image_grid, labelled_grid
+
+    count = min(per_cell, len(result.reference))
+
+    def tile(x):
+        return image_grid(np.clip(x[:count], -1.0, 1.0), pad=1)
+
+    cells = [[tile(result.samples[(spec, budget)]) for budget in result.budgets] + [tile(result.reference)]
+             for spec in result.specs]
+    columns = [f"NFE {budget}" for budget in result.budgets] + ["REFERENCE"]
+    return labelled_grid(cells, [result.labels[spec] for spec in result.specs], columns, scale=scale)
