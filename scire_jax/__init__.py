@@ -11,7 +11,7 @@ Public API (DESIGN.md §3)::
     sj.plan(solver, schedule)   # times, orders, phi, coefficients, NFE
 """
 from scire_jax import schedules, timesteps
-from scire_jax.distributed import batch_mesh, make_pmap_sampler, make_sharded_sampler
+from scire_jax.distributed import batch_mesh, make_pmap_sampler, make_sharded_sampler, replicate
 from scire_jax.plan import Plan
 from scire_jax.sampling import initial_noise, make_sampler, plan, solve
 from scire_jax.solvers import DDIM, DPMSolver, SciRE, UniPC, series_phi
@@ -21,7 +21,7 @@ from scire_jax.wrappers import (Classifier, ClassifierFree, DynamicThresholding,
 __version__ = "0.1.0"
 
 __all__ = [
-    "schedules", "timesteps", "Plan", "batch_mesh", "make_sharded_sampler", "make_pmap_sampler", "plan", "solve", "make_sampler", "initial_noise",
+    "schedules", "timesteps", "Plan", "batch_mesh", "make_sharded_sampler", "make_pmap_sampler", "replicate", "plan", "solve", "make_sampler", "initial_noise",
     "SciRE", "DDIM", "DPMSolver", "UniPC", "series_phi",
     "wrap_model", "ClassifierFree", "Classifier", "DynamicThresholding", "dynamic_thresholding",
     "load_pretrained",

@@ -191,6 +191,10 @@ def run_sample(args) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
     devices = 1 if mesh is None else mesh.size
+    if mesh is not None:
+        from scire_jax.distributed import replicate
+
+        params = replicate(params, mesh)
     batch = _batch_size(args, devices)
     chunks = -(-args.num // batch)
     start = time.perf_counter()
@@ -285,8 +289,6 @@ def run_compare(args) -> int:
     from scire_jax import comparison
 
     mesh = _mesh_from_args(args)
-    if mesh is not None:
-        raise CommandError("--devices is not supported by compare yet; use sample --devices")
     apply_fn, params, schedule, prediction, model = _load_model(args)
     sample_size, channels = _sample_geometry(model, params)
     shape = (sample_size, sample_size, channels)
@@ -295,8 +297,8 @@ def run_compare(args) -> int:
     try:
         result = comparison.compare_solvers(
             noise_fn, params, schedule, specs, args.nfe, num=args.num, shape=shape, seed=args.seed,
-            batch_size=_batch_size(args, 1), reference_steps=args.reference_steps, reference_spec=args.reference,
-            with_metrics=with_metrics, progress=True)
+            batch_size=_batch_size(args, 1 if mesh is None else mesh.size), reference_steps=args.reference_steps,
+            reference_spec=args.reference, with_metrics=with_metrics, progress=True, mesh=mesh)
     except ValueError as error:
         raise CommandError(str(error)) from None
     real_fd = None

@@ -208,7 +208,7 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
                     num: int = 64, shape: Sequence[int], seed: int = 0, batch_size: Optional[int] = None,
                     reference_steps: int = 1000, reference_spec: str = "dpm:order=3",
                     with_metrics: bool = True, metrics_name: str = "mnist16",
-                    progress: bool = False, stream=None) -> Comparison:
+                    progress: bool = False, stream=None, mesh=None) -> Comparison:
     """Sample ``num`` images with every solver spec at every NFE budget and score them.
 
     Args:
@@ -223,6 +223,8 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
         estimated by the same solver at ``reference_steps // 2`` (``reference_self_error``).
       with_metrics: compute :func:`scire_jax.metrics.sample_metrics` (16x16x1 digit models only).
       progress: print one progress bar per run to ``stream`` (default stderr).
+      mesh: optional batch mesh (:func:`scire_jax.batch_mesh`): shard every chunk over its devices
+        (``batch_size`` must then be a multiple of the device count).
 
     Returns:
       A :class:`Comparison`.
@@ -245,11 +247,15 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
 
         def score(x):
             return metrics_lib.sample_metrics(np.clip(x, -1.0, 1.0), metrics_name)
+    if mesh is not None:
+        from scire_jax.distributed import replicate
+
+        params = replicate(params, mesh)
     key = jax.random.key(seed)
     full_shape = (num,) + tuple(shape)
 
     def run(solver, label):
-        sample_fn = sampling.make_sampler(solver, schedule, noise_fn)
+        sample_fn = sampling.make_sampler(solver, schedule, noise_fn, mesh=mesh)
         started = time.perf_counter()
         x = sample_in_chunks(sample_fn, params, key, full_shape, batch_size,
                              progress=label if progress else None, stream=stream)

@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from scire_jax.sampling import initial_noise, plan, solve
 
-__all__ = ["batch_mesh", "make_sharded_sampler", "make_pmap_sampler"]
+__all__ = ["batch_mesh", "make_sharded_sampler", "make_pmap_sampler", "replicate"]
 
 BATCH_AXIS = "batch"
 
@@ -45,6 +45,15 @@ def batch_mesh(devices=None, axis_name: str = BATCH_AXIS) -> jax.sharding.Mesh:
     """
     devices = jax.devices() if devices is None else list(devices)
     return jax.make_mesh((len(devices),), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+    """Copy every array of ``tree`` to all devices of ``mesh`` (replicated sharding).
+
+    Parameters restored from a checkpoint are committed to one device; a sharded sampler jitted
+    over the mesh rejects them until they are placed on the mesh's devices.
+    """
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
 def make_sharded_sampler(solver, schedule, noise_fn: Callable, mesh: Optional[jax.sharding.Mesh] = None, *,

@@ -86,6 +86,11 @@ def load_pretrained(name_or_path, dtype=None) -> Tuple[Callable, Any, schedules.
     Args:
       name_or_path: see the module docstring.
       dtype: computation dtype of the network (parameters stay float32).
+
+    Returns:
+      The network ``apply_fn(params, x, t)``, its parameters (uncommitted arrays, usable on one
+      device or under a mesh), the :class:`~scire_jax.schedules.DiscreteSchedule` and the
+      prediction type (``"noise"``, ``"x_start"`` or ``"v"``).
     """
     path = resolve_path(name_or_path)
     if not path.is_dir():
@@ -97,6 +102,9 @@ def load_pretrained(name_or_path, dtype=None) -> Tuple[Callable, Any, schedules.
         schedule, prediction = _schedule_from_checkpoint(config, extra, path)
         if not (isinstance(params, dict) and set(params) == {"params"}):
             params = {"params": params}  # a bare parameter tree (e.g. a training export)
+        # restored arrays are committed to one device, which a sampler sharded over a mesh rejects;
+        # uncommitted copies follow whatever sharding the jitted sampler asks for
+        params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf)), params)
         return make_apply_fn(module), params, schedule, prediction
     from scire_jax.convert.from_diffusers import convert_diffusers, find_scheduler_config, find_unet_folder
     from scire_jax.convert.scheduler import schedule_from_scheduler_config
