@@ -10,14 +10,17 @@ from scire_jax import metrics
 ASSET = os.path.join(metrics.ASSETS, "classifier_mnist16")
 pytestmark = pytest.mark.skipif(not os.path.isdir(ASSET), reason="shipped classifier asset missing")
 
-# Thresholds of the slow embedded-model test, measured on the shipped model (docs/embedded_model.md):
-# SciRE v1 multistep order 3, 20 NFE, 500 samples, key 0 -> classifier FD 8.29, 72.4 % confident,
-# class entropy 2.28; real images at the same count: FD 2.37 (fd_real_500), 92.6 % confident;
-# DDIM at 20 NFE: FD 12.6; noise: FD ~360.  The thresholds leave ~30 % / 0.07 margin for
-# platform-dependent float differences and still fail for a broken solver, loader or checkpoint.
+# Thresholds of the slow embedded-model test: the targets, checked on a fixed draw.
+# Measured on the shipped model (step 10,000; docs/embedded_model.md), SciRE v1 multistep order 3,
+# 20 NFE, key 0, 500 samples, as this test runs it (x64 on): classifier FD 3.32, 81.4 % confident,
+# class entropy 2.29 (float32 solver: FD 3.35, 80.2 %).  Real images at the same count: FD 2.37 ±
+# 0.79 (fd_real_500), 92.6 % confident; DDIM at 20 NFE: FD ~5; noise: FD ~360.  The FD bound is
+# 3x the real-data FD at the same sample count; a broken solver, loader or checkpoint lands far
+# above it.  The 80 % bound has little margin: over 2,000 samples the model is 79.4 % confident
+# (docs/embedded_model.md says so); this draw is the one the test was defined with (key 0).
 SAMPLES = 500
-FD_FACTOR = 5.0  # sample FD must be below FD_FACTOR x fd_real_500 (= 11.9)
-MIN_CONFIDENT = 0.65
+FD_FACTOR = 3.0  # sample FD must be below FD_FACTOR x fd_real_500 (= 7.1)
+MIN_CONFIDENT = 0.80
 
 
 def _mnist16():
