@@ -260,6 +260,9 @@ def _add_compare_parser(subparsers):
                         help="samples per solver and NFE (default 256; the FD is biased upwards at small counts)")
     parser.add_argument("--reference-steps", type=_positive_int("reference-steps"), default=1000,
                         help="steps of the reference solution (default 1000)")
+    parser.add_argument("--error-num", type=_positive_int("error-num"), default=32,
+                        help="samples with a reference solution, for the error table (default 32; the reference "
+                             "costs 1.5 x --reference-steps network calls per sample)")
     parser.add_argument("--reference", default="dpm:order=3",
                         help="solver spec of the reference solution (default dpm:order=3, DPM-Solver++ 3M)")
     parser.add_argument("--per-cell", type=_positive_int("per-cell"), default=16,
@@ -297,6 +300,7 @@ def run_compare(args) -> int:
     try:
         result = comparison.compare_solvers(
             noise_fn, params, schedule, specs, args.nfe, num=args.num, shape=shape, seed=args.seed,
+            error_num=args.error_num,
             batch_size=_batch_size(args, 1 if mesh is None else mesh.size), reference_steps=args.reference_steps,
             reference_spec=args.reference, with_metrics=with_metrics, progress=True, mesh=mesh)
     except ValueError as error:
@@ -314,7 +318,8 @@ def run_compare(args) -> int:
     image = comparison.comparison_image(result, per_cell=args.per_cell, scale=args.scale)
     base = args.out[:-len(".png")]
     record = {
-        "model": model, "seed": args.seed, "num": args.num, "reference": result.reference_label,
+        "model": model, "seed": args.seed, "num": args.num, "error_num": len(result.reference),
+        "reference": result.reference_label,
         "reference_self_error": result.reference_self_error, "reference_metrics": result.reference_metrics,
         "runs": [{"spec": spec, "label": result.labels[spec], "nfe_budget": budget,
                   "nfe": result.nfe[(spec, budget)], "seconds": result.seconds[(spec, budget)],

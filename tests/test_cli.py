@@ -121,16 +121,17 @@ def test_solver_flags(arguments, expected):
 def test_compare_writes_labelled_grid_and_tables(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "cmp.png"
     assert cli.main(["compare", "--checkpoint", tiny_checkpoint, "--solvers", "scire", "ddim", "unipc:order=2",
-                     "--nfe", "3", "6", "--num", "4", "--per-cell", "4", "--reference-steps", "40",
+                     "--nfe", "3", "6", "--num", "5", "--error-num", "4", "--per-cell", "4", "--reference-steps", "40",
                      "--scale", "1", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "RMSE vs DPM++ 3M x40" in printed and "classifier metrics skipped" in printed  # 8x8: no classifier
+    assert "RMSE vs DPM++ 3M x40, first 4 samples" in printed and "classifier metrics skipped" in printed  # 8x8: no classifier
     width, height = _png_size(out)
     # 3 rows of 2x2-sample tiles (19 px) + labels; columns NFE 3, NFE 6, reference
     assert height == 5 + 2 * 3 + 3 * (19 + 3) and width > 3 * (19 + 3)
     import json
 
     record = json.loads((tmp_path / "cmp.json").read_text())
+    assert record["num"] == 5 and record["error_num"] == 4
     assert [(run["spec"], run["nfe"]) for run in record["runs"]] == [
         ("scire", 3), ("scire", 6), ("ddim", 3), ("ddim", 6), ("unipc:order=2", 3), ("unipc:order=2", 6)]
     for spec in ("scire", "ddim", "unipc:order=2"):
