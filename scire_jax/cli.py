@@ -113,6 +113,12 @@ def _check_output(path):
         raise CommandError(f"--out={path!r} is not writable: directory {directory!r} does not exist or is read-only")
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _write_text(path, text):
     with open(path, "w") as handle:
         handle.write(text)
@@ -126,6 +132,7 @@ def _atomic_write(path, write):
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, _default_mode())  # mkstemp makes 0600; a new file should follow the umask
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -54,6 +54,9 @@ def write_png(path: str, image: np.ndarray) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a new file should follow the umask
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -139,6 +139,10 @@ def test_compare_writes_labelled_grid_and_tables(tiny_checkpoint, tmp_path, caps
         assert errors[1] < errors[0], (spec, errors)  # more NFE, closer to the reference
     assert record["reference_self_error"]["rmse"] < min(run["rmse"] for run in record["runs"])
     assert (tmp_path / "cmp.md").read_text().startswith("### RMSE")
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("cmp.png", "cmp.md", "cmp.json"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask, name
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".scire-jax-")]
 
 
