@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from typing import Optional, Sequence
+
+from scire_jax.files import atomic_write, atomic_write_text
 
 DEFAULT_MODEL = "mnist"
 
@@ -113,33 +114,6 @@ def _check_output(path):
         raise CommandError(f"--out={path!r} is not writable: directory {directory!r} does not exist or is read-only")
 
 
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _write_text(path, text):
-    with open(path, "w") as handle:
-        handle.write(text)
-
-
-def _atomic_write(path, write):
-    """Write through a temporary file in the same directory, then rename: no partial files."""
-    directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".scire-jax-", suffix=suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, _default_mode())  # mkstemp makes 0600; a new file should follow the umask
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _load_model(args):
     """``(apply_fn, params, schedule, prediction, model)`` of --model / --checkpoint."""
     from scire_jax.pretrained import load_pretrained
@@ -211,7 +185,7 @@ def run_sample(args) -> int:
     samples = np.clip(samples, -1.0, 1.0)
     elapsed = time.perf_counter() - start
     if args.out.endswith(".npz"):
-        _atomic_write(args.out, lambda p: np.savez(p, samples=samples))
+        atomic_write(args.out, lambda p: np.savez(p, samples=samples))
     else:
         from scire_jax.images import image_grid, write_png
 
@@ -335,8 +309,8 @@ def run_compare(args) -> int:
     }
     from scire_jax.images import write_png
 
-    _atomic_write(base + ".json", lambda p: _write_text(p, json.dumps(record, indent=1) + "\n"))
-    _atomic_write(base + ".md", lambda p: _write_text(p, tables))
+    atomic_write_text(base + ".json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(base + ".md", tables)
     write_png(args.out, image)
     print(tables)
     print(f"wrote {args.out} (rows: {', '.join(result.labels[s] for s in specs)}; columns: NFE "

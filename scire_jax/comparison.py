@@ -27,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import sys
 import time
@@ -72,13 +71,9 @@ def _parse_value(text: str):
 
 
 def solver_fields(name: str) -> List[str]:
-    """The fields a spec of solver ``name`` may set."""
+    """The fields a spec of solver ``name`` may set (its constructor's parameters)."""
     constructor, _ = SOLVER_NAMES[name]
-    target = constructor if not isinstance(constructor, type) else constructor.__init__
-    names = [p for p in inspect.signature(target).parameters if p != "self"]
-    if dataclasses.is_dataclass(constructor):
-        names = [field.name for field in dataclasses.fields(constructor) if field.init]
-    return [n for n in names if n not in _RESERVED]
+    return [p for p in inspect.signature(constructor).parameters if p not in _RESERVED]
 
 
 def solver_from_spec(spec: str, steps: int):

@@ -45,23 +45,15 @@ def image_grid(images, columns: Optional[int] = None, scale: int = 1, pad: int =
 
 def write_png(path: str, image: np.ndarray) -> None:
     """Write ``image`` (uint8, see :func:`encode_png`) to ``path`` atomically (temporary file + rename)."""
-    import os
-    import tempfile
+    from scire_jax.files import atomic_write
 
     data = encode_png(image)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".scire-jax-", suffix=".png")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; a new file should follow the umask
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+
+    def write(temporary):
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+
+    atomic_write(path, write)
 
 
 # A 3x5 pixel font (upper case, digits, a few signs) so that comparison grids carry their own

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from scire_jax.files import atomic_write_text
 from scire_jax.images import image_grid, write_png
 
 __all__ = [
@@ -382,13 +383,6 @@ def _save(manager, state, step):
     manager.wait_until_finished()
 
 
-def _write_json_atomic(path: str, value) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        json.dump(value, handle, indent=2)
-    os.replace(temporary, path)
-
-
 def train(
     config: TrainConfig,
     out_dir: str,
@@ -437,7 +431,7 @@ def train(
                         stages = json.load(handle)
                 stages.append({"resumed_at_step": int(latest), "previous_steps": saved["steps"],
                                "steps": config.steps})
-                _write_json_atomic(stages_path, stages)
+                atomic_write_text(stages_path, json.dumps(stages, indent=2))
             elif extend:
                 raise ValueError(f"extend=True allows only a larger 'steps' (> the checkpointed step {latest}); "
                                  f"the config differs from the run in {out_dir} in fields {diff}")
