@@ -21,7 +21,7 @@ How it stays fast (thousands of solves; one XLA compile costs ~0.5-2 s on these 
 * The plans are built by the library (``sj.plan``) on the host.  Plans with the same *structure*
   (segment kinds and lengths; coefficient values may differ) are run by ONE compiled function that
   takes the plan's coefficient arrays as traced arguments and is ``jax.vmap``-ed over the
-  configurations, through the library's executor ``scire_jax.plan.execute_plan`` -- exactly what
+  configurations, through the library's executor ``scire_jax.core.plans.execute_plan`` -- exactly what
   ``sj.solve`` runs, minus the plan baked in as constants.  Static zero-masks are OR-ed over the group
   and shorter histories are zero-padded (both exact: a zero coefficient times a finite value is 0).
 * The four problems are solved at once as one block-diagonal problem (their states concatenated):
@@ -233,7 +233,7 @@ def make_schedule(name: str):
 
 def make_problem(name: str):
     """The analytic data distribution of a problem (fixed parameters)."""
-    from scire_jax import analytic
+    from scire_jax.models import analytic
 
     if name == "gauss2":
         return analytic.Gaussian(mean=np.array([1.0, -0.5]), std=np.array([0.3, 1.5]))
@@ -255,12 +255,12 @@ def make_problem(name: str):
 def _block_noise_fn(models):
     """``noise_fn`` of the block-diagonal problem (states concatenated) with ``noise_fn.noise(params, x, t, alpha, sigma)``.
 
-    Same formulas as :mod:`scire_jax.analytic` (``Gaussian.noise``, ``GaussianMixture.noise``), with
+    Same formulas as :mod:`scire_jax.models.analytic` (``Gaussian.noise``, ``GaussianMixture.noise``), with
     ``alpha``, ``sigma`` taken from the plan (host float64) instead of ``schedule.alpha(t)``.
     """
     import jax
     import jax.numpy as jnp
-    from scire_jax import analytic
+    from scire_jax.models import analytic
 
     blocks = []
     start = 0
@@ -408,7 +408,7 @@ def solve_group(plans: Sequence, evaluate, x_start, start_coefficients: Sequence
     Returns ``x`` at ``t_end`` of shape ``(len(plans), *x_start.shape)``.
     """
     import jax
-    from scire_jax.plan import Plan, Segment, execute_plan
+    from scire_jax.core.plans import Plan, Segment, execute_plan
 
     history_size = max(plan.history_size for plan in plans)
     template = plans[0]
@@ -443,7 +443,7 @@ def _x64():
 
 
 def _ground_truth(model, schedule, x_start, t_start, t_end, tol):
-    from scire_jax import analytic
+    from scire_jax.models import analytic
 
     if isinstance(model, analytic.Gaussian):
         return np.asarray(analytic.gaussian_flow(model, schedule, x_start, t_start, t_end))
@@ -474,7 +474,7 @@ def _run(grid: Grid, verbose: bool):
     import jax
     import jax.numpy as jnp
     import scire_jax as sj
-    from scire_jax import analytic
+    from scire_jax.models import analytic
 
     def log(message):
         if verbose:

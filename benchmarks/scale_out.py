@@ -74,7 +74,7 @@ def overhead(batches, steps, repeats, sample_size):
 def compile_times(steps_list, repeats=1):
     import jax
     import scire_jax as sj
-    from scire_jax import analytic
+    from scire_jax.models import analytic
 
     schedule = sj.schedules.linear()
     model = analytic.GaussianMixture(np.array([0.5, 0.5]), np.array([[1.0] * 8, [-1.0] * 8]),
@@ -170,7 +170,7 @@ def diffrax_comparison(nfes, repeats):
     import jax
     import jax.numpy as jnp
     import scire_jax as sj
-    from scire_jax import analytic
+    from scire_jax.models import analytic
 
     jax.config.update("jax_enable_x64", True)
     schedule = sj.schedules.linear()

@@ -63,8 +63,8 @@ def evaluate(args) -> int:
     import numpy as np
 
     import scire_jax as sj
-    from scire_jax import metrics
-    from scire_jax.pretrained import load_pretrained
+    from scire_jax.apps import metrics
+    from scire_jax.io.pretrained import load_pretrained
 
     apply_fn, params, schedule, prediction = load_pretrained(args.model)
     noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if args.what == "classifier":
-        from scire_jax import metrics
+        from scire_jax.apps import metrics
 
         info = metrics.build_classifier_assets(seed=args.seed, epochs=args.epochs)
         print(json.dumps(info, indent=2))

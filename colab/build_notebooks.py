@@ -131,8 +131,8 @@ def quickstart():
         ("code", '''
             import json
 
-            from scire_jax.models.unet import UNet2D
-            from scire_jax.pretrained import load_pretrained, make_apply_fn, resolve_path
+            from scire_jax.models.unet2d import UNet2D
+            from scire_jax.io.pretrained import load_pretrained, make_apply_fn, resolve_path
 
             try:
                 apply_fn, params, schedule, prediction = load_pretrained("mnist")
@@ -291,10 +291,10 @@ def pretrained_tpu():
             import json
             from pathlib import Path
 
-            from scire_jax.convert.from_diffusers import find_unet_folder
-            from scire_jax.convert.scheduler import schedule_from_scheduler_config
-            from scire_jax.models.unet import UNet2D
-            from scire_jax.pretrained import load_pretrained, make_apply_fn
+            from scire_jax.io.convert.from_diffusers import find_unet_folder
+            from scire_jax.io.convert.scheduler import schedule_from_scheduler_config
+            from scire_jax.models.unet2d import UNet2D
+            from scire_jax.io.pretrained import load_pretrained, make_apply_fn
 
             folder = None
             if SMOKE:
@@ -447,7 +447,7 @@ def accuracy_study():
             import numpy as np
 
             import scire_jax as sj
-            from scire_jax import analytic
+            from scire_jax.models import analytic
 
             NUM_SAMPLES = 32 if SMOKE else 512
             NFES = (5, 10, 20) if SMOKE else (5, 6, 8, 10, 12, 15, 20, 30, 50)

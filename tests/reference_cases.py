@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import scire_jax as sj
-from scire_jax import analytic
+from scire_jax.models import analytic
 
 REFERENCE = pathlib.Path(__file__).parent / "data" / "reference"
 

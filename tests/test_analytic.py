@@ -1,4 +1,4 @@
-"""Tests of scire_jax.analytic: exact models against the official reference data, and the ODE ground truth."""
+"""Tests of scire_jax.models.analytic: exact models against the official reference data, and the ODE ground truth."""
 
 import json
 import pathlib
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scire_jax import analytic, schedules
+from scire_jax.models import analytic
+from scire_jax.core import schedules
 
 REFERENCE = pathlib.Path(__file__).parent / "data" / "reference"
 

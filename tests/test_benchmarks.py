@@ -91,7 +91,7 @@ def test_grouped_executor_matches_solve():
     import jax
     import numpy as np
     import scire_jax as sj
-    from scire_jax import analytic
+    from scire_jax.models import analytic
 
     accuracy = _load("accuracy")
     with jax.enable_x64(True):

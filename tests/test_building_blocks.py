@@ -7,9 +7,9 @@ import pytest
 
 import reference_cases as rc
 import scire_jax as sj
-from scire_jax import analytic
-from scire_jax.schedules import interpolate
-from scire_jax.solvers import base
+from scire_jax.models import analytic
+from scire_jax.core.schedules import interpolate
+from scire_jax.core.solvers import base
 
 BLOCKS = rc.manifest()["building_blocks"]
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scire_jax import checkpoints
+from scire_jax.io import checkpoints
 
 CONFIG = {"_class_name": "UNet2DModel", "block_out_channels": [8, 16], "attention_head_dim": None, "norm_eps": 1e-6}
 EXTRA = {"betas": [1e-4, 2e-4, 3e-4], "prediction": "noise"}

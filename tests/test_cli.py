@@ -6,7 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from scire_jax import checkpoints, cli
+from scire_jax.io import checkpoints
+from scire_jax.apps import cli
 from scire_jax.models import UNet2D
 
 TINY_CONFIG = {
@@ -113,7 +114,7 @@ def test_chunked_sampling_equals_one_batch_and_options_apply(tiny_checkpoint, tm
 ])
 def test_solver_flags(arguments, expected):
     args = cli.build_parser().parse_args(["sample", *arguments])
-    from scire_jax.comparison import solver_label
+    from scire_jax.apps.comparison import solver_label
 
     assert solver_label(cli._solver_from_args(args)) == expected
 

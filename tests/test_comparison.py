@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import scire_jax as sj
-from scire_jax import comparison, images
+from scire_jax.apps import comparison
+from scire_jax.apps import images
 
 
 @pytest.mark.parametrize("spec,expected", [

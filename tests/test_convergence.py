@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import scire_jax as sj
-from scire_jax import analytic
+from scire_jax.models import analytic
 
 NFES = (40, 80, 160)
 SCHEDULE = sj.schedules.linear()

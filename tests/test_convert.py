@@ -16,11 +16,12 @@ import pytest
 import safetensors.numpy
 
 import scire_jax
-from scire_jax import checkpoints, pretrained
-from scire_jax.convert import (add_convert_parser, convert_ddpm, convert_diffusers, convert_main,
+from scire_jax.io import checkpoints
+from scire_jax.io import pretrained
+from scire_jax.io.convert import (add_convert_parser, convert_ddpm, convert_diffusers, convert_main,
                                ddpm_to_diffusers_config, load_state_dict, schedule_from_scheduler_config)
-from scire_jax.convert.from_diffusers import abstract_params
-from scire_jax.convert.weights import flax_path_to_torch_key
+from scire_jax.io.convert.from_diffusers import abstract_params
+from scire_jax.io.convert.weights import flax_path_to_torch_key
 from scire_jax.models import UNet2D
 
 SMALL = {
@@ -344,7 +345,7 @@ def test_scheduler_sample_prediction_and_json_path(tmp_path):
     (tmp_path / "scheduler_config.json").write_text(json.dumps(dict(SCHEDULER, prediction_type="sample")))
     schedule, prediction = schedule_from_scheduler_config(tmp_path / "scheduler_config.json")
     assert prediction == "x_start"
-    assert schedule == scire_jax.schedules.discrete(betas=np.linspace(1e-4, 0.02, 1000))
+    assert schedule == scire_jax.core.schedules.discrete(betas=np.linspace(1e-4, 0.02, 1000))
 
 
 # -- convert_main, load_pretrained, CLI ---------------------------------------------------------------
@@ -357,7 +358,7 @@ def test_convert_main_then_load_pretrained(small_folder, tmp_path):
     with pytest.raises(FileExistsError):
         convert_main(folder, tmp_path / "ckpt")
     convert_main(folder, tmp_path / "ckpt", overwrite=True)
-    expected_schedule = scire_jax.schedules.discrete(betas=np.linspace(1e-4, 0.02, 1000))
+    expected_schedule = scire_jax.core.schedules.discrete(betas=np.linspace(1e-4, 0.02, 1000))
     for source in (tmp_path / "ckpt", folder):
         apply_fn, loaded, schedule, prediction = pretrained.load_pretrained(source)
         chex.assert_trees_all_close(loaded, params, atol=0, rtol=0)

@@ -20,9 +20,9 @@ def test_readme_example_reproduces_the_spec_golden_values():
     assert namespace["samples"].shape == (16, 3)
 
 
-MODULES = ["scire_jax.schedules", "scire_jax.timesteps", "scire_jax.wrappers", "scire_jax.sampling",
-           "scire_jax.solvers.scire", "scire_jax.solvers.dpm", "scire_jax.solvers.unipc", "scire_jax.comparison",
-           "scire_jax.images"]
+MODULES = ["scire_jax.core.schedules", "scire_jax.core.timesteps", "scire_jax.core.wrapping", "scire_jax.core.sampling",
+           "scire_jax.core.solvers.scire", "scire_jax.core.solvers.dpm", "scire_jax.core.solvers.unipc", "scire_jax.apps.comparison",
+           "scire_jax.apps.images"]
 
 
 @pytest.mark.parametrize("name", MODULES)

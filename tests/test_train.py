@@ -140,7 +140,7 @@ def test_export_loads_with_load_pretrained(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from scire_jax import pretrained
+    from scire_jax.io import pretrained
 
     model = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
@@ -165,8 +165,8 @@ def test_export_loads_with_load_pretrained(tmp_path):
     for (_, a), (_, b) in zip(flat_loaded, flat_saved):
         np.testing.assert_array_equal(np.asarray(a), b)
     # the exported model config rebuilds the same module
-    from scire_jax import checkpoints
-    from scire_jax.models.unet import UNet2D
+    from scire_jax.io import checkpoints
+    from scire_jax.models.unet2d import UNet2D
 
     _, saved_config, extra = checkpoints.restore(str(tmp_path / "export"))
     assert UNet2D.from_config(saved_config["model"]) == module

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scire_jax.convert import convert_diffusers
-from scire_jax.convert.from_diffusers import abstract_params
+from scire_jax.io.convert import convert_diffusers
+from scire_jax.io.convert.from_diffusers import abstract_params
 from scire_jax.models import UNet2D, timestep_embedding
 
 TINY = {  # 32x32, attention at the second level (multi-head), class conditional

@@ -82,7 +82,7 @@ else:
     raise AssertionError("a batch of 12 on 8 devices must be rejected")
 
 # chunks of a sharded sampler (first_index) reassemble the one-device batch; the CLI's --devices
-from scire_jax.comparison import sample_in_chunks  # noqa: E402
+from scire_jax.apps.comparison import sample_in_chunks  # noqa: E402
 
 solver = configurations[0]
 single = jax.jit(sj.make_sampler(solver, schedule, noise_fn), static_argnums=2)(params32, key, (20,) + shape[1:])

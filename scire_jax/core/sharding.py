@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from scire_jax.sampling import initial_noise, plan, solve
+from scire_jax.core.sampling import initial_noise, plan, solve
 
 __all__ = ["batch_mesh", "make_sharded_sampler", "make_pmap_sampler", "replicate"]
 

@@ -35,9 +35,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import jax
 import numpy as np
 
-from scire_jax import sampling
-from scire_jax.solvers import DPMSolver, SciRE, UniPC
-from scire_jax.solvers.scire import DDIM
+from scire_jax.core import sampling
+from scire_jax.core.solvers import DPMSolver, SciRE, UniPC
+from scire_jax.core.solvers.scire import DDIM
 
 __all__ = ["SOLVER_NAMES", "solver_from_spec", "solver_label", "sample_in_chunks", "compare_solvers",
            "Comparison", "format_tables", "comparison_image"]
@@ -218,7 +218,7 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
         per sample) and the errors use the first ``error_num`` samples (default: all ``num``).
       reference_steps: steps of the reference solution (by ``reference_spec``); its own error is
         estimated by the same solver at ``reference_steps // 2`` (``reference_self_error``).
-      with_metrics: compute :func:`scire_jax.metrics.sample_metrics` (16x16x1 digit models only).
+      with_metrics: compute :func:`scire_jax.apps.metrics.sample_metrics` (16x16x1 digit models only).
       progress: print one progress bar per run to ``stream`` (default stderr).
       mesh: optional batch mesh (:func:`scire_jax.batch_mesh`): shard every chunk over its devices
         (``batch_size`` must then be a multiple of the device count).
@@ -240,12 +240,12 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
     sampling.plan(reference_solver, schedule)
     score = None
     if with_metrics:
-        from scire_jax import metrics as metrics_lib
+        from scire_jax.apps import metrics as metrics_lib
 
         def score(x):
             return metrics_lib.sample_metrics(np.clip(x, -1.0, 1.0), metrics_name)
     if mesh is not None:
-        from scire_jax.distributed import replicate
+        from scire_jax.core.sharding import replicate
 
         params = replicate(params, mesh)
     key = jax.random.key(seed)
@@ -325,7 +325,7 @@ def comparison_image(result: Comparison, per_cell: int = 16, scale: int = 3) -> 
 
     Each cell is a grid of the first ``per_cell`` samples, the same samples in every cell.
     """
-    from scire_jax.images import image_grid, labelled_grid
+    from scire_jax.apps.images import image_grid, labelled_grid
 
     count = min(per_cell, len(result.reference))
 

@@ -1,4 +1,4 @@
-"""diffusers ``scheduler_config.json`` -> :func:`scire_jax.schedules.discrete` schedule + prediction type.
+"""diffusers ``scheduler_config.json`` -> :func:`scire_jax.core.schedules.discrete` schedule + prediction type.
 
 Supported: ``beta_schedule`` ``"linear"`` (``linspace(beta_start, beta_end, N)``), ``"scaled_linear"``
 (``linspace(sqrt(beta_start), sqrt(beta_end), N) ** 2``), ``"squaredcos_cap_v2"`` (the improved-DDPM
@@ -18,7 +18,7 @@ from typing import Any, Mapping, Tuple, Union
 
 import numpy as np
 
-from scire_jax import schedules
+from scire_jax.core import schedules
 
 __all__ = ["PREDICTION_TYPES", "betas_from_scheduler_config", "prediction_from_scheduler_config",
            "schedule_from_scheduler_config", "read_json"]

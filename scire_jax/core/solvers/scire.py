@@ -40,10 +40,10 @@ from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 
-from scire_jax.plan import Combination, Plan, Step
-from scire_jax.schedules import DiscreteSchedule
-from scire_jax.solvers import base
-from scire_jax.timesteps import NSR_SHIFT, SKIP_TYPES, time_grid
+from scire_jax.core.plans import Combination, Plan, Step
+from scire_jax.core.schedules import DiscreteSchedule
+from scire_jax.core.solvers import base
+from scire_jax.core.timesteps import NSR_SHIFT, SKIP_TYPES, time_grid
 
 __all__ = ["SciRE", "DDIM", "series_phi", "multistep_phi_schedule", "singlestep_phi_schedule"]
 
@@ -185,7 +185,7 @@ class SciRE:
         return official if self.phi == "official" else [float(self.phi)] * len(official)
 
     def build_plan(self, schedule) -> Plan:
-        """The host-side plan for ``schedule`` (see :mod:`scire_jax.plan`)."""
+        """The host-side plan for ``schedule`` (see :mod:`scire_jax.core.plans`)."""
         return base.build_method_plan(self, schedule)
 
     def _grid(self, schedule, t_start, t_end, n):

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scire_jax.files import atomic_write_text
-from scire_jax.images import image_grid, write_png
+from scire_jax.io.files import atomic_write_text
+from scire_jax.apps.images import image_grid, write_png
 
 __all__ = [
     "TrainConfig",
@@ -79,7 +79,7 @@ class TrainConfig:
     """Everything that determines a training run (saved as ``config.json`` in the run folder).
 
     ``model`` is a diffusers-style ``UNet2DModel`` config dict for
-    :meth:`scire_jax.models.unet.UNet2D.from_config`, or ``{"arch": "tiny", ...}`` for the small
+    :meth:`scire_jax.models.unet2d.UNet2D.from_config`, or ``{"arch": "tiny", ...}`` for the small
     built-in :class:`TinyNoiseNet` (tests).
     """
 
@@ -179,7 +179,7 @@ def build_model(model_config: Dict[str, Any]):
         return _tiny_net_cls()(**cfg)
     if arch != "unet2d":
         raise ValueError(f"unknown model arch {arch!r}; allowed: 'unet2d', 'tiny'")
-    from scire_jax.models.unet import UNet2D
+    from scire_jax.models.unet2d import UNet2D
 
     return UNet2D.from_config(cfg)
 
@@ -411,7 +411,7 @@ def train(
     Returns:
       :class:`TrainState` at the step where training stopped.
     """
-    from scire_jax import data as data_lib
+    from scire_jax.apps import data as data_lib
 
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "config.json")
@@ -525,7 +525,7 @@ def restore_run(out_dir: str, step: Optional[int] = None) -> TrainState:
     """Read-only: the :class:`TrainState` of checkpoint ``step`` (default: the latest) of a run folder."""
     import orbax.checkpoint as ocp
 
-    from scire_jax import data as data_lib
+    from scire_jax.apps import data as data_lib
 
     with open(os.path.join(out_dir, "config.json")) as handle:
         config = TrainConfig.from_dict(json.load(handle))
@@ -546,12 +546,12 @@ def restore_run(out_dir: str, step: Optional[int] = None) -> TrainState:
 
 
 def export(state: TrainState, path: str, extra: Optional[Dict[str, Any]] = None, overwrite: bool = True) -> None:
-    """Save the EMA parameters with the model config and the schedule for :mod:`scire_jax.pretrained`.
+    """Save the EMA parameters with the model config and the schedule for :mod:`scire_jax.io.pretrained`.
 
     The checkpoint config is ``{"model": <UNet2D config>, "schedule": {"type": "discrete", "betas":
     [...]}, "prediction": "noise", "time_input": "discrete", "train": <TrainConfig>}``.
     """
-    from scire_jax import checkpoints
+    from scire_jax.io import checkpoints
 
     model_config = dict(state.config.model)
     if model_config.get("arch", "unet2d") == "unet2d":

@@ -20,7 +20,7 @@ Such models need no network, so they let tests and benchmarks measure the true e
   :meth:`ConditionalGaussians.log_prob_condition` is the exact classifier ``log p(c | x_t)``.
 
 ``alpha = schedule.alpha(t)`` and ``sigma = schedule.sigma(t)`` come from any schedule of
-:mod:`scire_jax.schedules` (per sample when ``t`` has shape ``(batch,)``).  The models are frozen,
+:mod:`scire_jax.core.schedules` (per sample when ``t`` has shape ``(batch,)``).  The models are frozen,
 hashable, and registered as pytrees *without leaves*: pass them to ``jax.jit`` as ordinary or static
 arguments; their parameters become constants of the trace, cast to the dtype of ``x``.
 
@@ -198,7 +198,7 @@ class Gaussian(AnalyticModel):
         Args:
           x: noisy samples, shape ``(batch, *shape)``.
           t: continuous time, scalar or shape ``(batch,)``.
-          schedule: a noise schedule of :mod:`scire_jax.schedules`.
+          schedule: a noise schedule of :mod:`scire_jax.core.schedules`.
 
         Returns:
           ``eps(x, t)`` with the shape and dtype of ``x``.
@@ -282,7 +282,7 @@ class GaussianMixture(AnalyticModel):
         Args:
           x: noisy samples ``(batch, *shape)``.
           t: continuous time, scalar or ``(batch,)``.
-          schedule: a noise schedule of :mod:`scire_jax.schedules`.
+          schedule: a noise schedule of :mod:`scire_jax.core.schedules`.
         """
         x = _as_float(x)
         alpha, sigma = _coefficients(schedule, x, t)
@@ -361,7 +361,7 @@ class ConditionalGaussians(AnalyticModel):
         Args:
           x: noisy samples ``(batch, *shape)``.
           t: continuous time, scalar or ``(batch,)``.
-          schedule: a noise schedule of :mod:`scire_jax.schedules`.
+          schedule: a noise schedule of :mod:`scire_jax.core.schedules`.
           condition: integer ids, scalar or ``(batch,)``: 0 (or None) = the mixture, ``c`` = class ``c``.
             Ids outside ``0..C`` are clipped into range under ``jit``.
 
@@ -476,7 +476,7 @@ def raw_model_fn(model: Model, schedule, prediction: str = "noise", time_input: 
     """The exact model as a *network* would be: ``apply_fn(params, x, t_input, condition=None)``.
 
     For testing model wrappers.  ``t_input`` is the network time (see
-    :meth:`scire_jax.schedules.NoiseSchedule.time_input`); it is mapped back to continuous time
+    :meth:`scire_jax.core.schedules.NoiseSchedule.time_input`); it is mapped back to continuous time
     (``"discrete"``: ``t = t_input / 1000 + 1 / total_n``, valid for ``t >= 1 / total_n``;
     ``"continuous"``: ``t = t_input``; ``"scaled"``: ``t = t_input / scale``) and the exact ``eps`` is
     converted to ``prediction``: ``"noise"`` -> ``eps``, ``"x_start"`` -> ``(x - sigma eps) / alpha``,

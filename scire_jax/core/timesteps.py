@@ -34,7 +34,7 @@ def time_grid(schedule, skip_type: str, t_start: float, t_end: float, steps: int
     """The ``steps + 1`` times of a sampling grid from ``t_start`` down to ``t_end``.
 
     Args:
-      schedule: a :mod:`scire_jax.schedules` schedule.
+      schedule: a :mod:`scire_jax.core.schedules` schedule.
       skip_type: one of ``SKIP_TYPES``.
       t_start: first (noisiest) time.
       t_end: last time.

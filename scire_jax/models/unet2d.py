@@ -11,7 +11,7 @@ Conventions:
 
 * **Layout is NHWC.**  ``UNet2D(...).apply(params, x, t)`` takes ``x`` of shape
   ``(batch, height, width, in_channels)`` and returns ``(batch, height, width, out_channels)``.
-  (PyTorch / diffusers use NCHW; the weight converter in :mod:`scire_jax.convert` transposes the
+  (PyTorch / diffusers use NCHW; the weight converter in :mod:`scire_jax.io.convert` transposes the
   kernels, so the *inputs* only need ``jnp.transpose(x, (0, 2, 3, 1))``.)
 * ``t`` is the network time (e.g. ``0 .. 999`` for DDPM), shape ``(batch,)`` or a scalar (broadcast
   to the batch); fractional values are used as they are (diffusers truncates Python scalars to int).

@@ -19,9 +19,9 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from scire_jax.plan import Plan, execute_plan
-from scire_jax.schedules import NoiseSchedule
-from scire_jax.solvers import base
+from scire_jax.core.plans import Plan, execute_plan
+from scire_jax.core.schedules import NoiseSchedule
+from scire_jax.core.solvers import base
 
 __all__ = ["plan", "solve", "make_sampler", "initial_noise"]
 
@@ -50,7 +50,7 @@ def plan(solver, schedule) -> Plan:
     """
     _check_solver(solver)
     if not isinstance(schedule, NoiseSchedule):
-        raise ValueError(f"schedule={schedule!r} is not a scire_jax.schedules schedule")
+        raise ValueError(f"schedule={schedule!r} is not a scire_jax.core.schedules schedule")
     return _cached_plan(solver, schedule)
 
 
@@ -155,7 +155,7 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
     if mesh is not None:
         if return_trajectory:
             raise ValueError("return_trajectory=True is not allowed with mesh=...: use solve() on a sharded x_T")
-        from scire_jax.distributed import make_sharded_sampler
+        from scire_jax.core.sharding import make_sharded_sampler
         return make_sharded_sampler(solver, schedule, noise_fn, mesh, dtype=dtype, callback=callback)
 
     def sample_fn(params, key, shape, first_index=0):

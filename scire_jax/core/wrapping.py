@@ -228,12 +228,12 @@ def wrap_model(apply_fn: Callable, schedule, prediction: str = "noise", time_inp
     Returns:
       A :class:`WrappedModel`.
     """
-    from scire_jax.schedules import TIME_INPUTS, NoiseSchedule
+    from scire_jax.core.schedules import TIME_INPUTS, NoiseSchedule
 
     if not callable(apply_fn):
         raise ValueError(f"apply_fn={apply_fn!r} is not callable")
     if not isinstance(schedule, NoiseSchedule):
-        raise ValueError(f"schedule={schedule!r} is not a scire_jax.schedules schedule")
+        raise ValueError(f"schedule={schedule!r} is not a scire_jax.core.schedules schedule")
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction={prediction!r} is not supported; allowed: {PREDICTIONS}")
     if time_input is not None and time_input not in TIME_INPUTS:

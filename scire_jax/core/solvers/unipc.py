@@ -26,9 +26,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
-from scire_jax.solvers import base
-from scire_jax.timesteps import SKIP_TYPES, time_grid
+from scire_jax.core.plans import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.core.solvers import base
+from scire_jax.core.timesteps import SKIP_TYPES, time_grid
 
 __all__ = ["UniPC"]
 

@@ -24,9 +24,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from scire_jax.plan import Combination, Plan, Step
-from scire_jax.solvers import base
-from scire_jax.timesteps import time_grid
+from scire_jax.core.plans import Combination, Plan, Step
+from scire_jax.core.solvers import base
+from scire_jax.core.timesteps import time_grid
 
 __all__ = ["DPMSolver"]
 
@@ -116,7 +116,7 @@ class DPMSolver:
         return "data" if self.algorithm == "dpmsolver++" else "noise"
 
     def build_plan(self, schedule) -> Plan:
-        """The host-side plan for ``schedule`` (see :mod:`scire_jax.plan`)."""
+        """The host-side plan for ``schedule`` (see :mod:`scire_jax.core.plans`)."""
         return base.build_method_plan(self, schedule)
 
     # -- the x-space combination of an update from s to t ------------------------------------------

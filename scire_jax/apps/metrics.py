@@ -9,7 +9,7 @@ with each other (same classifier, same reference statistics, same sample count),
 Shipped assets (``scire_jax/assets/``):
 
 * ``classifier_mnist16/``: orbax checkpoint of the classifier for 16x16 MNIST (see
-  :func:`scire_jax.data.load`), trained by ``benchmarks/train_embedded.py classifier``;
+  :func:`scire_jax.apps.data.load`), trained by ``benchmarks/train_embedded.py classifier``;
 * ``classifier_mnist16_stats.npz``: mean ``mu`` and covariance ``sigma`` of the classifier features
   of all 5,000 real images, plus reference scales (means over 10 random splits, with ``*_std``):
   ``fd_real_halves`` (FD between two random halves of 2,500 real images each), ``fd_real_500`` /
@@ -26,6 +26,7 @@ Metrics of a batch of samples (:func:`sample_metrics`):
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import os
 from typing import Any, Dict, Optional, Tuple
 
@@ -46,7 +47,7 @@ __all__ = [
     "build_classifier_assets",
 ]
 
-ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+ASSETS = str(importlib.resources.files("scire_jax").joinpath("assets"))
 CONFIDENCE = 0.9
 
 
@@ -105,12 +106,12 @@ def train_classifier(
 ) -> Tuple[Any, Dict[str, Any]]:
     """Train :class:`DigitClassifier` on the train split; return ``(params, info)``.
 
-    ``info`` holds the config and the held-out accuracy (split: :func:`scire_jax.data.split` with
+    ``info`` holds the config and the held-out accuracy (split: :func:`scire_jax.apps.data.split` with
     ``holdout`` and ``seed``).
     """
     import optax
 
-    from scire_jax import data as data_lib
+    from scire_jax.apps import data as data_lib
 
     images, labels = data_lib.load(dataset, image_size)
     x_train, y_train, x_test, y_test = data_lib.split(images, labels, holdout=holdout, seed=seed)
@@ -232,7 +233,7 @@ def _asset_paths(name: str) -> Tuple[str, str]:
 @functools.lru_cache(maxsize=4)
 def load_classifier(name: str = "mnist16"):
     """``(params, info)`` of the shipped classifier ``name`` (``"mnist16"``)."""
-    from scire_jax import checkpoints
+    from scire_jax.io import checkpoints
 
     path, _ = _asset_paths(name)
     if not os.path.exists(path):
@@ -306,8 +307,8 @@ def reference_stats(params, images, seed: int = 0, repeats: int = 10) -> Dict[st
 def build_classifier_assets(name: str = "mnist16", dataset: str = "mnist", image_size: int = 16, seed: int = 0,
                             epochs: int = 20, out_dir: str = ASSETS) -> Dict[str, Any]:
     """Train the classifier and write its checkpoint and reference statistics into ``out_dir``."""
-    from scire_jax import checkpoints
-    from scire_jax import data as data_lib
+    from scire_jax.io import checkpoints
+    from scire_jax.apps import data as data_lib
 
     params, info = train_classifier(dataset, image_size, seed=seed, epochs=epochs)
     images, _ = data_lib.load(dataset, image_size)

@@ -45,7 +45,7 @@ def image_grid(images, columns: Optional[int] = None, scale: int = 1, pad: int =
 
 def write_png(path: str, image: np.ndarray) -> None:
     """Write ``image`` (uint8, see :func:`encode_png`) to ``path`` atomically (temporary file + rename)."""
-    from scire_jax.files import atomic_write
+    from scire_jax.io.files import atomic_write
 
     data = encode_png(image)
 

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scire_jax.convert.scheduler import read_json
-from scire_jax.convert.weights import fill_params, load_state_dict
-from scire_jax.models.unet import UNet2D
+from scire_jax.io.convert.scheduler import read_json
+from scire_jax.io.convert.weights import fill_params, load_state_dict
+from scire_jax.models.unet2d import UNet2D
 
 __all__ = ["convert_diffusers", "convert_state_dict", "find_unet_folder", "find_scheduler_config",
            "find_weights_file", "abstract_params"]

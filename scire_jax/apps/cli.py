@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from scire_jax.files import atomic_write, atomic_write_text
+from scire_jax.io.files import atomic_write, atomic_write_text
 
 DEFAULT_MODEL = "mnist"
 
@@ -78,7 +78,7 @@ SOLVERS = ("scire", "dpm", "ddim", "unipc", "dpmsolver", "dpmsolver++")
 
 
 def _solver_spec_from_args(args) -> str:
-    """The solver spec (``scire_jax.comparison.solver_from_spec``) of the sample flags."""
+    """The solver spec (``scire_jax.apps.comparison.solver_from_spec``) of the sample flags."""
     if args.solver not in SOLVERS:
         raise CommandError(f"--solver={args.solver!r} is not allowed; allowed: {', '.join(SOLVERS)}")
     spec = _SOLVER_ALIASES.get(args.solver, args.solver)
@@ -98,7 +98,7 @@ def _solver_spec_from_args(args) -> str:
 
 
 def _solver_from_args(args):
-    from scire_jax.comparison import solver_from_spec
+    from scire_jax.apps.comparison import solver_from_spec
 
     try:
         return solver_from_spec(_solver_spec_from_args(args), args.steps)
@@ -116,7 +116,7 @@ def _check_output(path):
 
 def _load_model(args):
     """``(apply_fn, params, schedule, prediction, model)`` of --model / --checkpoint."""
-    from scire_jax.pretrained import load_pretrained
+    from scire_jax.io.pretrained import load_pretrained
 
     if args.model is not None and args.checkpoint is not None:
         raise CommandError(f"--model={args.model!r} and --checkpoint={args.checkpoint!r} are not allowed together: "
@@ -134,7 +134,7 @@ def _mesh_from_args(args):
         return None
     import jax
 
-    from scire_jax.distributed import batch_mesh
+    from scire_jax.core.sharding import batch_mesh
 
     available = jax.local_devices()
     if args.devices > len(available):
@@ -156,7 +156,7 @@ def run_sample(args) -> int:
     import numpy as np
 
     import scire_jax as sj
-    from scire_jax.comparison import sample_in_chunks, solver_label
+    from scire_jax.apps.comparison import sample_in_chunks, solver_label
 
     mesh = _mesh_from_args(args)
     apply_fn, params, schedule, prediction, model = _load_model(args)
@@ -173,7 +173,7 @@ def run_sample(args) -> int:
         raise CommandError(str(error)) from None
     devices = 1 if mesh is None else mesh.size
     if mesh is not None:
-        from scire_jax.distributed import replicate
+        from scire_jax.core.sharding import replicate
 
         params = replicate(params, mesh)
     batch = _batch_size(args, devices)
@@ -187,7 +187,7 @@ def run_sample(args) -> int:
     if args.out.endswith(".npz"):
         atomic_write(args.out, lambda p: np.savez(p, samples=samples))
     else:
-        from scire_jax.images import image_grid, write_png
+        from scire_jax.apps.images import image_grid, write_png
 
         write_png(args.out, image_grid(samples, scale=args.scale, pad=1))
     print(f"wrote {args.out}: {args.num} samples of {sample_size}x{sample_size}x{channels}, "
@@ -200,8 +200,8 @@ def _sample_geometry(model, params):
     """(sample_size, channels) from the UNet's input convolution and the stored config."""
     import jax
 
-    from scire_jax import checkpoints
-    from scire_jax.pretrained import resolve_path
+    from scire_jax.io import checkpoints
+    from scire_jax.io.pretrained import resolve_path
 
     path = resolve_path(model)
     size = None
@@ -254,7 +254,7 @@ def _add_compare_parser(subparsers):
 
 
 def run_compare(args) -> int:
-    from scire_jax.comparison import solver_from_spec
+    from scire_jax.apps.comparison import solver_from_spec
 
     specs = list(args.solvers)
     for spec in specs + [args.reference]:
@@ -270,7 +270,7 @@ def run_compare(args) -> int:
     import numpy as np
 
     import scire_jax as sj
-    from scire_jax import comparison
+    from scire_jax.apps import comparison
 
     mesh = _mesh_from_args(args)
     apply_fn, params, schedule, prediction, model = _load_model(args)
@@ -288,7 +288,7 @@ def run_compare(args) -> int:
         raise CommandError(str(error)) from None
     real_fd = None
     if with_metrics:
-        from scire_jax import metrics
+        from scire_jax.apps import metrics
 
         stats = metrics.load_reference_stats()
         real_fd = {key: float(stats[key]) for key in ("fd_real_500", "fd_real_1000") if key in stats}
@@ -307,7 +307,7 @@ def run_compare(args) -> int:
                   **result.errors[(spec, budget)], **result.metrics[(spec, budget)]}
                  for spec in result.specs for budget in result.budgets],
     }
-    from scire_jax.images import write_png
+    from scire_jax.apps.images import write_png
 
     atomic_write_text(base + ".json", json.dumps(record, indent=1) + "\n")
     atomic_write_text(base + ".md", tables)
@@ -346,12 +346,12 @@ def build_parser():
     _add_sample_parser(subparsers)
     _add_compare_parser(subparsers)
     try:
-        from scire_jax.convert.cli import add_convert_parser
+        from scire_jax.apps.convert_cli import add_convert_parser
         add_convert_parser(subparsers)
     except ImportError:  # pragma: no cover
         pass
     try:
-        from scire_jax.train import add_train_parser
+        from scire_jax.apps.train import add_train_parser
         add_train_parser(subparsers)
     except ImportError:  # pragma: no cover - the training extra is optional
         pass
@@ -368,10 +368,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 args = parser.parse_args(["sample"])
             return run_sample(args)
         if args.command == "convert":
-            from scire_jax.convert.cli import run_convert
+            from scire_jax.apps.convert_cli import run_convert
             return int(run_convert(args))
         if args.command == "train":
-            from scire_jax.train import run_train
+            from scire_jax.apps.train import run_train
             try:
                 return int(run_train(args))
             except ValueError as error:

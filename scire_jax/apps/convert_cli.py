@@ -1,7 +1,7 @@
 """``scire-jax convert SRC DST``: a diffusers folder or DDPM checkpoint -> scire_jax checkpoint directory.
 
-The result is a :mod:`scire_jax.checkpoints` directory (orbax params + UNet config + schedule) that
-:func:`scire_jax.pretrained.load_pretrained` reads.  Everything is converted and checked in memory
+The result is a :mod:`scire_jax.io.checkpoints` directory (orbax params + UNet config + schedule) that
+:func:`scire_jax.io.pretrained.load_pretrained` reads.  Everything is converted and checked in memory
 first; ``DST`` is written atomically, so on any error nothing is left there.
 
 Wiring into a parent parser::
@@ -10,7 +10,7 @@ Wiring into a parent parser::
     add_convert_parser(subparsers)      # sets func=run_convert
     args = parser.parse_args(); args.func(args)
 
-Standalone: ``python -m scire_jax.convert.cli SRC DST [--ddpm-config CFG.json] [--overwrite]``.
+Standalone: ``python -m scire_jax.apps.convert_cli SRC DST [--ddpm-config CFG.json] [--overwrite]``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ __all__ = ["convert_main", "add_convert_parser", "run_convert", "main"]
 
 def convert_main(src, dst, overwrite: bool = False, ddpm_config: Union[str, Path, dict, None] = None,
                  scheduler_config: Union[str, Path, dict, None] = None, ema: bool = True) -> Dict[str, Any]:
-    """Convert ``src`` and save it at ``dst`` with :func:`scire_jax.checkpoints.save`.
+    """Convert ``src`` and save it at ``dst`` with :func:`scire_jax.io.checkpoints.save`.
 
     Args:
       src: a diffusers ``UNet2DModel`` (or pipeline) folder; with ``ddpm_config``, an original-DDPM
@@ -47,10 +47,10 @@ def convert_main(src, dst, overwrite: bool = False, ddpm_config: Union[str, Path
       ValueError: unreadable or mismatching inputs (nothing is written at ``dst``).
       FileExistsError: ``dst`` is not empty and ``overwrite`` is false.
     """
-    from scire_jax import checkpoints
-    from scire_jax.convert.ddpm import convert_ddpm, ddpm_betas
-    from scire_jax.convert.from_diffusers import convert_diffusers, find_scheduler_config, find_unet_folder
-    from scire_jax.convert.scheduler import betas_from_scheduler_config, prediction_from_scheduler_config, read_json
+    from scire_jax.io import checkpoints
+    from scire_jax.io.convert.ddpm import convert_ddpm, ddpm_betas
+    from scire_jax.io.convert.from_diffusers import convert_diffusers, find_scheduler_config, find_unet_folder
+    from scire_jax.io.convert.scheduler import betas_from_scheduler_config, prediction_from_scheduler_config, read_json
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())) and not overwrite:

@@ -3,7 +3,7 @@
 ``path`` may be
 
 * a registered short name (a key of :data:`PRETRAINED`, resolved inside the installed package),
-* a checkpoint directory written by :func:`scire_jax.checkpoints.save` (e.g. by
+* a checkpoint directory written by :func:`scire_jax.io.checkpoints.save` (e.g. by
   ``scire-jax convert``) whose ``extra`` holds ``betas`` (list) and ``prediction``; the config is
   the UNet2D config (or, for training exports, ``{"model": <UNet2D config>, "schedule": {"type":
   "discrete", "betas": [...]}, "prediction": ...}``), or
@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scire_jax import checkpoints, schedules
-from scire_jax.models.unet import UNet2D
+from scire_jax.io import checkpoints
+from scire_jax.core import schedules
+from scire_jax.models.unet2d import UNet2D
 
 __all__ = ["PRETRAINED", "load_pretrained", "resolve_path", "make_apply_fn"]
 
@@ -89,7 +90,7 @@ def load_pretrained(name_or_path, dtype=None) -> Tuple[Callable, Any, schedules.
 
     Returns:
       The network ``apply_fn(params, x, t)``, its parameters (uncommitted arrays, usable on one
-      device or under a mesh), the :class:`~scire_jax.schedules.DiscreteSchedule` and the
+      device or under a mesh), the :class:`~scire_jax.core.schedules.DiscreteSchedule` and the
       prediction type (``"noise"``, ``"x_start"`` or ``"v"``).
     """
     path = resolve_path(name_or_path)
@@ -106,8 +107,8 @@ def load_pretrained(name_or_path, dtype=None) -> Tuple[Callable, Any, schedules.
         # uncommitted copies follow whatever sharding the jitted sampler asks for
         params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf)), params)
         return make_apply_fn(module), params, schedule, prediction
-    from scire_jax.convert.from_diffusers import convert_diffusers, find_scheduler_config, find_unet_folder
-    from scire_jax.convert.scheduler import schedule_from_scheduler_config
+    from scire_jax.io.convert.from_diffusers import convert_diffusers, find_scheduler_config, find_unet_folder
+    from scire_jax.io.convert.scheduler import schedule_from_scheduler_config
 
     unet_folder = find_unet_folder(path)
     scheduler_config = find_scheduler_config(path) or find_scheduler_config(unet_folder)

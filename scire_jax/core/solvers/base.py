@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from scire_jax.plan import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.core.plans import Combination, Plan, Step, build_plan_from_steps
 
 ORDERS = (1, 2, 3)
 
@@ -54,7 +54,7 @@ def check_common(config, skip_types: Sequence[str]) -> None:
 
 
 def resolve_thresholding(value):
-    from scire_jax.wrappers import DynamicThresholding
+    from scire_jax.core.wrapping import DynamicThresholding
 
     if value == "dynamic":
         return DynamicThresholding()
