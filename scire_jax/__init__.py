@@ -1,32 +1,25 @@
 """scire-jax: SciRE-Solver and baseline diffusion samplers for JAX.
 
-Public API (DESIGN.md §3)::
+Public API (docs/design.md)::
 
     import scire_jax as sj
     schedule = sj.schedules.linear()
     noise_fn = sj.wrap_model(apply_fn, schedule, prediction="noise")
-    solver = sj.SciRE(algorithm="v1", method="multistep", order=3, steps=10)
+    solver = sj.SciRE(steps=10)                    # v1, multistep, order 3, NSR grid
     sample_fn = sj.make_sampler(solver, schedule, noise_fn)
     x0 = jax.jit(sample_fn, static_argnums=2)(params, key, (16, 32, 32, 3))
-    sj.plan(solver, schedule)   # times, orders, phi, coefficients, NFE
+    sj.plan(solver, schedule)                      # times, orders, phi, coefficients, NFE
+
+Layers: :mod:`scire_jax.core` (the sampler library), :mod:`scire_jax.models` (networks),
+:mod:`scire_jax.io` (checkpoints, converters, :func:`load_pretrained`), :mod:`scire_jax.apps`
+(command line, comparison, training, metrics).
 """
-from scire_jax.core import schedules, timesteps
-from scire_jax.core.sharding import batch_mesh, make_pmap_sampler, make_sharded_sampler, replicate
-from scire_jax.core.plans import Plan
-from scire_jax.core.sampling import initial_noise, make_sampler, plan, solve
-from scire_jax.core.solvers import DDIM, DPMSolver, SciRE, UniPC, series_phi
-from scire_jax.core.wrapping import (Classifier, ClassifierFree, DynamicThresholding, dynamic_thresholding,
-                                wrap_model)
+from scire_jax.core import *  # noqa: F403 -- the core's public API is the package's
+from scire_jax.core import __all__ as _core_all
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "schedules", "timesteps", "Plan", "batch_mesh", "make_sharded_sampler", "make_pmap_sampler", "replicate", "plan", "solve", "make_sampler", "initial_noise",
-    "SciRE", "DDIM", "DPMSolver", "UniPC", "series_phi",
-    "wrap_model", "ClassifierFree", "Classifier", "DynamicThresholding", "dynamic_thresholding",
-    "load_pretrained",
-]
-
+__all__ = list(_core_all) + ["load_pretrained", "Pretrained", "analytic", "models", "io", "apps"]
 
 _LAZY = {"analytic": "scire_jax.models.analytic", "models": "scire_jax.models", "io": "scire_jax.io",
          "convert": "scire_jax.io.convert", "checkpoints": "scire_jax.io.checkpoints",
@@ -34,10 +27,10 @@ _LAZY = {"analytic": "scire_jax.models.analytic", "models": "scire_jax.models", 
 
 
 def __getattr__(name):
-    # Heavier optional modules load on first use.
+    # Models, checkpoints and applications load on first use: importing the sampler stays light.
     import importlib
     if name in _LAZY:
         return importlib.import_module(_LAZY[name])
-    if name == "load_pretrained":
-        return importlib.import_module("scire_jax.io.pretrained").load_pretrained
+    if name in ("load_pretrained", "Pretrained"):
+        return getattr(importlib.import_module("scire_jax.io.pretrained"), name)
     raise AttributeError(f"module 'scire_jax' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The plan / executor architecture shared by every solver.
 
-A solver is compiled in two stages (DESIGN.md §2):
+A solver is compiled in two stages (docs/design.md, "Plans"):
 
 1. **Plan** (host, numpy float64, no tracing). Every x-independent quantity -- the time of every
    network evaluation, ``alpha`` and ``sigma`` there, and the linear coefficients that combine the
@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Step", "Segment", "Plan", "build_plan_from_steps", "execute_plan"]
+__all__ = ["Combination", "Step", "SegmentStructure", "Segment", "Plan", "build_plan_from_steps", "stack_plans",
+           "stacking_key", "paddable_segment", "execute_plan"]
 
 MODEL_KINDS = ("noise", "data")
 
@@ -91,53 +92,110 @@ class Step:
         return (len(self.stage_times), self.post_evaluation is not None, self.push, self.kind, self.record)
 
 
-class Segment(NamedTuple):
-    """A run of steps with the same structure, consumed by one ``lax.scan``.
 
-    Static fields: ``num_stages`` (S), ``post_evaluation``, ``push``, ``kind``, ``record``, and the
-    masks of coefficients that are nonzero somewhere in the segment (zero terms are not traced).
-    Array fields (leading axis = steps in the segment): see :func:`build_plan_from_steps`.
-    """
+class SegmentStructure(NamedTuple):
+    """The static part of a segment (the pytree's auxiliary data): shapes, kinds and nonzero masks."""
 
     num_stages: int
     post_evaluation: bool
     push: Optional[str]
     kind: str
     record: bool
-    arrays: Dict[str, np.ndarray]
-    masks: Dict[str, Tuple]
+    length: int
+    masks: Tuple[Tuple[str, Any], ...]
 
     @property
-    def length(self) -> int:
-        return int(self.arrays["time"].shape[0])
+    def mask(self) -> Dict[str, Any]:
+        return dict(self.masks)
 
     @property
     def nfe(self) -> int:
         return self.length * (self.num_stages + int(self.post_evaluation))
 
 
-@dataclasses.dataclass(frozen=True)
+#: coefficient arrays the executor reads (the others, ``order`` and ``phi``, are for display)
+EXECUTED = ("stage_time", "stage_alpha", "stage_sigma", "stage_state", "stage_stage", "stage_history",
+            "out_state", "out_stage", "out_history", "time", "post_alpha", "post_sigma", "step_index")
+
+
+@jax.tree_util.register_pytree_node_class
+class Segment:
+    """A run of steps with the same structure, consumed by one ``lax.scan``.
+
+    A pytree: ``arrays`` (leading axis = the steps of the segment) are the leaves, ``structure``
+    (:class:`SegmentStructure`) is static.  Arrays: ``stage_time / stage_alpha / stage_sigma``
+    ``(L, S)``; ``stage_state (L, S)``, ``stage_stage (L, S, S)``, ``stage_history (L, S, H)``;
+    ``out_state (L,)``, ``out_stage (L, S)``, ``out_history (L, H)``; ``time``, ``post_alpha``,
+    ``post_sigma``, ``step_index``, ``order``, ``phi`` ``(L,)``.
+    """
+
+    def __init__(self, structure: SegmentStructure, arrays: Dict[str, Any]):
+        self.structure = structure
+        self.arrays = arrays
+
+    def tree_flatten(self):
+        names = tuple(sorted(self.arrays))
+        return tuple(self.arrays[name] for name in names), (self.structure, names)
+
+    @classmethod
+    def tree_unflatten(cls, aux, leaves):
+        structure, names = aux
+        return cls(structure, dict(zip(names, leaves)))
+
+    num_stages = property(lambda self: self.structure.num_stages)
+    post_evaluation = property(lambda self: self.structure.post_evaluation)
+    push = property(lambda self: self.structure.push)
+    kind = property(lambda self: self.structure.kind)
+    record = property(lambda self: self.structure.record)
+    length = property(lambda self: self.structure.length)
+    nfe = property(lambda self: self.structure.nfe)
+    masks = property(lambda self: self.structure.mask)
+
+    def __repr__(self):
+        s = self.structure
+        return f"Segment(length={s.length}, stages={s.num_stages}, post={s.post_evaluation}, kind={s.kind!r})"
+
+
+@jax.tree_util.register_pytree_node_class
 class Plan:
     """Everything x-independent about a solve, computed on the host in float64.
+
+    A pytree: the coefficient arrays of the segments (and ``t_start``, ``t_end``) are leaves, the
+    structure (segment shapes, history size, masks) is static, so ``jax.jit(execute_plan)`` takes a
+    plan as an argument and ``jax.vmap`` maps over plans stacked by :func:`stack_plans`.
 
     Attributes:
       segments: the scan segments in order.
       history_size: length H of the history buffer.
-      nfe: exact number of network evaluations of a solve.
-      times: time of the state after each step, shape ``(num_steps,)``.
-      evaluation_times: every network evaluation time, in call order.
-      orders: nominal order of each step.
-      phi: phi of each step (NaN for steps without one).
+      initial: the first step is a multistep start-up evaluation (its output is the first
+        trajectory point, so ``x_T`` is not prepended).
       t_start, t_end: integration interval.
-      solver: the solver configuration that produced the plan.
+      solver: the configuration that produced the plan (host-side only: ``None`` after a transform).
+      nfe: exact number of network evaluations of a solve.
+      times / orders / phi: time, nominal order and phi (NaN where none) of each step.
+      evaluation_times: every network evaluation time, in call order.
     """
 
-    segments: Tuple[Segment, ...]
-    history_size: int
-    t_start: float
-    t_end: float
-    solver: Any = None
-    steps: Tuple[Step, ...] = ()
+    def __init__(self, segments, history_size: int, initial: bool, t_start, t_end, solver=None):
+        self.segments = tuple(segments)
+        self.history_size = int(history_size)
+        self.initial = bool(initial)
+        self.t_start = t_start
+        self.t_end = t_end
+        self.solver = solver
+
+    def tree_flatten(self):
+        return (self.segments, self.t_start, self.t_end), (self.history_size, self.initial)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        segments, t_start, t_end = children
+        return cls(segments, aux[0], aux[1], t_start, t_end)
+
+    @property
+    def structure(self) -> tuple:
+        """The static structure: plans with equal structure stack (:func:`stack_plans`)."""
+        return jax.tree_util.tree_structure(self)
 
     @property
     def nfe(self) -> int:
@@ -145,49 +203,76 @@ class Plan:
 
     @property
     def num_steps(self) -> int:
-        return len(self.steps)
+        return int(sum(segment.length for segment in self.segments))
+
+    def _concat(self, name) -> np.ndarray:
+        return np.concatenate([np.asarray(segment.arrays[name]) for segment in self.segments])
 
     @property
     def times(self) -> np.ndarray:
-        return np.array([step.time for step in self.steps])
+        return self._concat("time")
 
     @property
     def orders(self) -> np.ndarray:
-        return np.array([step.order for step in self.steps])
+        return self._concat("order").astype(int)
 
     @property
     def phi(self) -> np.ndarray:
-        return np.array([step.phi for step in self.steps])
+        return self._concat("phi")
 
     @property
     def evaluation_times(self) -> np.ndarray:
-        times = []
-        for step in self.steps:
-            times.extend(step.stage_times)
-            if step.post_evaluation is not None:
-                times.append(step.time)
-        return np.array(times)
+        parts = []
+        for segment in self.segments:
+            times = np.asarray(segment.arrays["stage_time"])
+            if segment.post_evaluation:
+                times = np.concatenate([times, np.asarray(segment.arrays["time"])[:, None]], axis=1)
+            parts.append(times.reshape(-1))
+        return np.concatenate(parts)
 
     @property
     def trajectory_times(self) -> np.ndarray:
         """Times of the entries of ``solve(..., return_trajectory=True)``."""
-        recorded = [step.time for step in self.steps if step.record]
-        prefix = [] if self.steps[0].initial else [self.t_start]
-        return np.array(prefix + recorded)
+        recorded = [np.asarray(s.arrays["time"]) for s in self.segments if s.record]
+        prefix = [] if self.initial else [np.array([float(self.t_start)])]
+        return np.concatenate(prefix + recorded)
 
     def summary(self) -> str:
         """A human-readable table of the steps (time, order, phi, network calls)."""
-        lines = [f"{type(self.solver).__name__ if self.solver is not None else 'plan'}: "
-                 f"{self.num_steps} steps, NFE = {self.nfe}, t: {self.t_start:.6g} -> {self.t_end:.6g}",
+        name = type(self.solver).__name__ if self.solver is not None else "plan"
+        lines = [f"{name}: {self.num_steps} steps, NFE = {self.nfe}, "
+                 f"t: {float(self.t_start):.6g} -> {float(self.t_end):.6g}",
                  f"{'step':>4} {'t':>12} {'order':>5} {'phi':>10} {'calls':>5} {'kind':>5}"]
-        for index, step in enumerate(self.steps):
-            calls = len(step.stage_times) + int(step.post_evaluation is not None)
-            lines.append(f"{index:>4} {step.time:>12.6g} {step.order:>5} {step.phi:>10.6f} {calls:>5} {step.kind:>5}")
+        index = 0
+        for segment in self.segments:
+            calls = segment.num_stages + int(segment.post_evaluation)
+            for time, order, phi in zip(np.asarray(segment.arrays["time"]), np.asarray(segment.arrays["order"]),
+                                        np.asarray(segment.arrays["phi"])):
+                lines.append(f"{index:>4} {time:>12.6g} {int(order):>5} {phi:>10.6f} {calls:>5} {segment.kind:>5}")
+                index += 1
         return "\n".join(lines)
 
     def __repr__(self):
         return (f"Plan(solver={self.solver!r}, steps={self.num_steps}, nfe={self.nfe}, "
                 f"segments={[(s.length, s.num_stages, s.post_evaluation) for s in self.segments]})")
+
+
+def _masks(arrays: Dict[str, np.ndarray], num_stages: int, axes=(0,)) -> Tuple[Tuple[str, Any], ...]:
+    """Static masks of the coefficients that are nonzero somewhere (zero terms are not traced)."""
+    def nonzero(value):
+        return np.any(value != 0, axis=axes)
+
+    stage_stage = nonzero(arrays["stage_stage"])  # (S, S)
+    stage_history = nonzero(arrays["stage_history"])  # (S, H)
+    return (
+        ("stage_stage", tuple(tuple(bool(v) for v in stage_stage[k]) for k in range(num_stages))),
+        ("stage_history", tuple(tuple(bool(v) for v in stage_history[k]) for k in range(num_stages))),
+        ("stage_state", tuple(bool(v) for v in nonzero(arrays["stage_state"]))),
+        ("stage_state_is_one", tuple(bool(v) for v in np.all(arrays["stage_state"] == 1, axis=axes))),
+        ("out_stage", tuple(bool(v) for v in nonzero(arrays["out_stage"]))),
+        ("out_history", tuple(bool(v) for v in nonzero(arrays["out_history"]))),
+        ("out_state", bool(np.any(arrays["out_state"] != 0))),
+    )
 
 
 def build_plan_from_steps(steps: Sequence[Step], t_start: float, t_end: float, solver=None) -> Plan:
@@ -214,6 +299,7 @@ def build_plan_from_steps(steps: Sequence[Step], t_start: float, t_end: float, s
             groups.append([step])
 
     segments = []
+    index = 0
     for group in groups:
         num_stages = len(group[0].stage_times)
         n = len(group)
@@ -230,8 +316,11 @@ def build_plan_from_steps(steps: Sequence[Step], t_start: float, t_end: float, s
             "time": np.zeros((n,)),
             "post_alpha": np.ones((n,)),
             "post_sigma": np.ones((n,)),
-            "step_index": np.zeros((n,), dtype=np.int32),
+            "step_index": np.arange(index, index + n, dtype=np.int32),
+            "order": np.array([step.order for step in group], dtype=np.float64),
+            "phi": np.array([step.phi for step in group], dtype=np.float64),
         }
+        index += n
         for row, step in enumerate(group):
             arrays["stage_time"][row] = step.stage_times
             arrays["stage_alpha"][row] = step.stage_alphas
@@ -252,37 +341,120 @@ def build_plan_from_steps(steps: Sequence[Step], t_start: float, t_end: float, s
             arrays["time"][row] = step.time
             if step.post_evaluation is not None:
                 arrays["post_alpha"][row], arrays["post_sigma"][row] = step.post_evaluation
-        for name, value in arrays.items():
-            if name != "step_index" and not np.all(np.isfinite(value)):
+        for name in EXECUTED:
+            if name != "step_index" and not np.all(np.isfinite(arrays[name])):
                 raise ValueError(
                     f"the plan has non-finite coefficients ({name}); the time grid is degenerate "
                     f"(repeated or out-of-range times): check steps, t_start and t_end")
-        masks = {
-            "stage_stage": tuple(tuple(bool(v) for v in np.any(arrays["stage_stage"][:, k, :] != 0, axis=0))
-                                 for k in range(num_stages)),
-            "stage_history": tuple(tuple(bool(v) for v in np.any(arrays["stage_history"][:, k, :] != 0, axis=0))
-                                   for k in range(num_stages)),
-            "stage_state": tuple(bool(v) for v in np.any(arrays["stage_state"] != 0, axis=0)),
-            "stage_state_is_one": tuple(bool(v) for v in np.all(arrays["stage_state"] == 1, axis=0)),
-            "out_stage": tuple(bool(v) for v in np.any(arrays["out_stage"] != 0, axis=0)),
-            "out_history": tuple(bool(v) for v in np.any(arrays["out_history"] != 0, axis=0)),
-            "out_state": bool(np.any(arrays["out_state"] != 0)),
-        }
-        segments.append(Segment(num_stages, group[0].post_evaluation is not None, group[0].push,
-                                group[0].kind, group[0].record, arrays, masks))
-    # global step indices (what correct_xt and callbacks see)
-    index = 0
-    for segment in segments:
-        segment.arrays["step_index"][:] = np.arange(index, index + segment.length)
-        index += segment.length
-    return Plan(tuple(segments), history_size, float(t_start), float(t_end), solver, tuple(steps))
+        first = group[0]
+        structure = SegmentStructure(num_stages, first.post_evaluation is not None, first.push, first.kind,
+                                     first.record, n, _masks(arrays, num_stages))
+        segments.append(Segment(structure, arrays))
+    return Plan(segments, history_size, steps[0].initial, np.float64(t_start), np.float64(t_end), solver)
+
+
+# -- stacking plans of equal structure (vmap over plans) ----------------------------------------------
+
+
+def _history_reads_are_pushed(plan: Plan) -> bool:
+    """Every nonzero history coefficient of the plan reads a slot that was pushed before."""
+    size = plan.history_size
+    pushes = 0
+    for segment in plan.segments:
+        before = pushes + np.arange(segment.length)  # pushes made before each row
+        age = size - np.arange(size)  # slot m holds age H - m
+        stage = np.any(np.asarray(segment.arrays["stage_history"]) != 0, axis=1)  # (rows, H)
+        out = np.asarray(segment.arrays["out_history"]) != 0
+        if np.any((stage | out) & (age[None, :] > before[:, None])):
+            return False
+        if segment.push is not None:
+            pushes += segment.length
+    return True
+
+
+def paddable_segment(plan: Plan) -> Optional[int]:
+    """The segment whose length :func:`stack_plans` may pad (the longest), or None.
+
+    Padding prepends "restart" rows that keep the state and evaluate the model at ``(x, t_start)``.
+    Without history they are no-ops.  With history they are only allowed while the state is still
+    ``x_T`` (first segment, or right after the initial evaluation of a multistep plan): they push
+    copies of ``F(x_T, t_start)`` -- what the initial evaluation pushes anyway -- into slots that
+    the real plan reads only with zero coefficients.
+    """
+    lengths = [segment.length for segment in plan.segments]
+    index = int(np.argmax(lengths))
+    if not any(segment.push for segment in plan.segments):
+        return index
+    starts_at_x_t = index == 0 or (index == 1 and plan.initial and plan.segments[0].length == 1)
+    return index if starts_at_x_t and _history_reads_are_pushed(plan) else None
+
+
+def stacking_key(plan: Plan) -> tuple:
+    """Plans with equal keys can be stacked by :func:`stack_plans` (lengths of the paddable segment aside)."""
+    pad = paddable_segment(plan)
+    return tuple((s.num_stages, s.post_evaluation, s.push, s.kind, s.record, None if i == pad else s.length)
+                 for i, s in enumerate(plan.segments)) + (plan.initial,)
+
+
+def _padded_arrays(plan: Plan, history_size: int, lengths: Sequence[int]) -> List[Dict[str, np.ndarray]]:
+    first = plan.segments[0].arrays
+    alpha0, sigma0 = float(first["stage_alpha"][0, 0]), float(first["stage_sigma"][0, 0])
+    t_start = float(plan.t_start)
+    out = []
+    for segment, length in zip(plan.segments, lengths):
+        arrays = {name: np.asarray(value) for name, value in segment.arrays.items()}
+        for name in ("stage_history", "out_history"):
+            missing = history_size - arrays[name].shape[-1]
+            if missing:  # slot H - age: the oldest slots are on the left
+                arrays[name] = np.concatenate([np.zeros(arrays[name].shape[:-1] + (missing,)), arrays[name]], axis=-1)
+        extra = length - segment.length
+        if extra:
+            pad = {name: np.zeros((extra,) + value.shape[1:], value.dtype) for name, value in arrays.items()}
+            for name in ("stage_time", "time"):
+                pad[name][:] = t_start
+            for name in ("stage_alpha", "post_alpha"):
+                pad[name][:] = alpha0
+            for name in ("stage_sigma", "post_sigma"):
+                pad[name][:] = sigma0
+            pad["stage_state"][:] = 1.0
+            pad["out_state"][:] = 1.0
+            pad["phi"][:] = np.nan
+            arrays = {name: np.concatenate([pad[name], value]) for name, value in arrays.items()}
+        out.append(arrays)
+    return out
+
+
+def stack_plans(plans: Sequence[Plan]) -> Plan:
+    """Stack plans of equal :func:`stacking_key` into one plan with a leading axis on every leaf.
+
+    Histories are zero-padded to the longest, the paddable segment to the longest length (exact:
+    see :func:`paddable_segment`), and the masks are the union of the plans' masks.  Use it as
+    ``jax.vmap(lambda p: execute_plan(p, evaluate, x))(stack_plans(plans))``.
+
+    Raises:
+      ValueError: the plans do not share a stacking key.
+    """
+    plans = list(plans)
+    if not plans:
+        raise ValueError("stack_plans needs at least one plan")
+    keys = {stacking_key(plan) for plan in plans}
+    if len(keys) != 1:
+        raise ValueError(f"stack_plans: the plans have {len(keys)} different structures; group them by stacking_key")
+    history_size = max(plan.history_size for plan in plans)
+    template = plans[0]
+    lengths = [max(plan.segments[i].length for plan in plans) for i in range(len(template.segments))]
+    padded = [_padded_arrays(plan, history_size, lengths) for plan in plans]
+    segments = []
+    for index, segment in enumerate(template.segments):
+        arrays = {name: np.stack([p[index][name] for p in padded]) for name in padded[0][index]}
+        structure = segment.structure._replace(length=lengths[index],
+                                               masks=_masks(arrays, segment.num_stages, axes=(0, 1)))
+        segments.append(Segment(structure, arrays))
+    return Plan(segments, history_size, template.initial, np.array([float(p.t_start) for p in plans]),
+                np.array([float(p.t_end) for p in plans]))
 
 
 # -- executor ------------------------------------------------------------------------------------
-
-
-def _broadcast_time(t, x):
-    return jnp.broadcast_to(t, (x.shape[0],))
 
 
 def execute_plan(plan: Plan, evaluate: Callable, x: jax.Array, *, return_trajectory: bool = False,
@@ -290,7 +462,7 @@ def execute_plan(plan: Plan, evaluate: Callable, x: jax.Array, *, return_traject
     """Run a plan: one ``lax.scan`` per segment.
 
     Args:
-      plan: the host-side plan.
+      plan: the plan (host arrays, or traced leaves under ``jit`` / ``vmap``).
       evaluate: ``evaluate(x, t, alpha, sigma, kind) -> F`` where ``t``, ``alpha``, ``sigma`` are
         scalars of the state dtype and ``kind`` is ``"noise"`` or ``"data"``.
       x: initial state ``x_T`` (floating dtype; solver arithmetic uses it).
@@ -303,17 +475,17 @@ def execute_plan(plan: Plan, evaluate: Callable, x: jax.Array, *, return_traject
       ``x`` at the end, or ``(x, trajectory)``.
     """
     dtype = x.dtype
-    history = jnp.zeros((plan.history_size,) + x.shape, dtype)
-    trajectory = [x[None]] if (return_trajectory and not plan.steps[0].initial) else []
+    history_size = plan.history_size
+    history = jnp.zeros((history_size,) + x.shape, dtype)
+    trajectory = [x[None]] if (return_trajectory and not plan.initial) else []
 
     for segment in plan.segments:
-        rows = {name: jnp.asarray(value, dtype=jnp.int32 if name == "step_index" else dtype)
-                for name, value in segment.arrays.items()}
+        rows = {name: jnp.asarray(segment.arrays[name], dtype=jnp.int32 if name == "step_index" else dtype)
+                for name in EXECUTED}
         masks = segment.masks
         num_stages = segment.num_stages
-        history_size = plan.history_size
 
-        def body(carry, row, segment=segment, masks=masks, num_stages=num_stages, history_size=history_size):
+        def body(carry, row, segment=segment, masks=masks, num_stages=num_stages):
             state, hist = carry
             outputs = []
             for k in range(num_stages):
@@ -340,6 +512,7 @@ def execute_plan(plan: Plan, evaluate: Callable, x: jax.Array, *, return_traject
                     new_state = new_state + row["out_history"][m] * hist[m]
             if correct_xt is not None:
                 new_state = correct_xt(new_state, row["time"], row["step_index"]).astype(dtype)
+            post = None
             if segment.post_evaluation:
                 post = evaluate(new_state, row["time"], row["post_alpha"], row["post_sigma"], segment.kind)
             if segment.push is not None and history_size:

@@ -1,4 +1,4 @@
-"""Public entry points: :func:`plan`, :func:`solve`, :func:`make_sampler`.
+"""Public entry points: :func:`plan`, :func:`execute`, :func:`solve`, :func:`make_sampler`.
 
 Example:
     >>> import jax, jax.numpy as jnp, scire_jax as sj
@@ -18,17 +18,30 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from scire_jax.core import sharding
 from scire_jax.core.plans import Plan, execute_plan
 from scire_jax.core.schedules import NoiseSchedule
-from scire_jax.core.solvers import base
+from scire_jax.core.solvers.base import Solver
+from scire_jax.core.solvers.registry import solver_names
+from scire_jax.core.wrapping import DynamicThresholding
 
-__all__ = ["plan", "solve", "make_sampler", "initial_noise"]
+__all__ = ["plan", "execute", "solve", "make_sampler", "make_sharded_sampler", "make_pmap_sampler", "initial_noise", "check_shape", "check_finite", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """A sampler produced NaN or infinite values (``check_finite=True``)."""
 
 
 def _check_solver(solver) -> None:
-    if not hasattr(solver, "build_plan"):
-        raise ValueError(f"solver={solver!r} is not a solver configuration (sj.SciRE, sj.DDIM, sj.DPMSolver, sj.UniPC)")
+    if not isinstance(solver, Solver):
+        raise ValueError(f"solver={solver!r} is not a solver configuration (an instance of "
+                         f"scire_jax.core.solvers.Solver; registered: {', '.join(solver_names())})")
+
+
+def _resolve_thresholding(value):
+    return DynamicThresholding() if value == "dynamic" else value
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,6 +98,51 @@ def _state_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def _check_state(x_start):
+    x_start = jnp.asarray(x_start)
+    if x_start.ndim < 1:
+        raise ValueError(f"x_start has shape {x_start.shape}: a leading batch axis is required")
+    if any(size == 0 for size in x_start.shape):
+        raise ValueError(f"x_start has shape {x_start.shape}: every axis must be >= 1")
+    if not jnp.issubdtype(x_start.dtype, jnp.floating):
+        raise ValueError(f"x_start has dtype {x_start.dtype}: a floating dtype is required")
+    return x_start.astype(_state_dtype(x_start.dtype))
+
+
+def execute(the_plan: Plan, noise_fn: Callable, params, x_start, *, thresholding=None,
+            correct_xt: Optional[Callable] = None, return_trajectory: bool = False,
+            callback: Optional[Callable] = None):
+    """Run a plan (from :func:`plan`, or :func:`scire_jax.core.plans.stack_plans` under ``vmap``).
+
+    The plan is a pytree, so ``jax.jit(execute, static_argnums=1)(plan, noise_fn, params, x)``
+    takes its coefficients as arguments: one compilation serves every plan of the same structure.
+
+    Args:
+      the_plan: the plan.
+      noise_fn, params: as :func:`solve`.
+      x_start: ``x_T`` of shape ``(batch, ...)``.
+      thresholding: corrector of every data prediction (``"dynamic"`` or a callable ``(x0, t) -> x0``).
+      correct_xt: optional ``(x_t, t, step) -> x_t`` after every step.
+      return_trajectory, callback: as :func:`solve`.
+    """
+    evaluate = _evaluator(noise_fn, params, _resolve_thresholding(thresholding))
+    return execute_plan(the_plan, evaluate, _check_state(x_start), return_trajectory=return_trajectory,
+                        correct_xt=correct_xt, callback=callback)
+
+
+def check_finite(x, what: str = "samples"):
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or infinite values (one reduction; host sync).
+
+    Returns ``x`` unchanged otherwise.  Outside ``jit`` only (it reads the result on the host).
+    """
+    finite = jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1)
+    bad = int(x.shape[0] - jnp.sum(finite))
+    if bad:
+        raise NonFiniteError(f"{bad} of {x.shape[0]} {what} are not finite (NaN or inf): the network, its weights "
+                             "or the solver settings (e.g. a tiny phi, t_end too close to 0) produced overflow")
+    return x
+
+
 def solve(solver, schedule, noise_fn: Callable, params, x_start, *, return_trajectory: bool = False,
           callback: Optional[Callable] = None):
     """Integrate the probability-flow ODE from ``x_start`` (at ``t_start``) to ``t_end``.
@@ -103,14 +161,20 @@ def solve(solver, schedule, noise_fn: Callable, params, x_start, *, return_traje
       trajectory.  Jit-able; the network is called exactly ``plan(solver, schedule).nfe`` times.
     """
     the_plan = plan(solver, schedule)
-    x_start = jnp.asarray(x_start)
-    if x_start.ndim < 1:
-        raise ValueError(f"x_start has shape {x_start.shape}: a leading batch axis is required")
-    x_start = x_start.astype(_state_dtype(x_start.dtype))
-    thresholding = base.resolve_thresholding(getattr(solver, "thresholding", None))
-    evaluate = _evaluator(noise_fn, params, thresholding)
-    return execute_plan(the_plan, evaluate, x_start, return_trajectory=return_trajectory,
-                        correct_xt=getattr(solver, "correct_xt", None), callback=callback)
+    return execute(the_plan, noise_fn, params, x_start, thresholding=solver.thresholding,
+                   correct_xt=solver.correct_xt, return_trajectory=return_trajectory, callback=callback)
+
+
+def check_shape(shape) -> tuple:
+    """``shape`` as a tuple of positive ints ``(batch, *sample_shape)``, or a ValueError naming it."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape={shape!r} is not allowed: it must be a tuple (batch, *sample_shape)") from None
+    if not dims or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in dims):
+        raise ValueError(f"shape={shape!r} is not allowed: it must be a non-empty tuple of positive integers "
+                         "(batch, *sample_shape)")
+    return tuple(int(d) for d in dims)
 
 
 def initial_noise(key, shape, dtype=None, first_index=0):
@@ -155,12 +219,54 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
     if mesh is not None:
         if return_trajectory:
             raise ValueError("return_trajectory=True is not allowed with mesh=...: use solve() on a sharded x_T")
-        from scire_jax.core.sharding import make_sharded_sampler
         return make_sharded_sampler(solver, schedule, noise_fn, mesh, dtype=dtype, callback=callback)
 
     def sample_fn(params, key, shape, first_index=0):
+        check_shape(shape)
         x_start = initial_noise(key, shape, dtype, first_index)
         return solve(solver, schedule, noise_fn, params, x_start, return_trajectory=return_trajectory,
                      callback=callback)
 
     return sample_fn
+
+
+def make_sharded_sampler(solver, schedule, noise_fn: Callable, mesh: Optional[jax.sharding.Mesh] = None, *,
+                         dtype=None, axis_name: Optional[str] = None, callback: Optional[Callable] = None):
+    """``sample_fn(params, key, shape, first_index=0)`` with the batch axis sharded over ``mesh``.
+
+    Params (and the plan's constants) are replicated; the initial noise, every state and the
+    output are sharded along the batch axis.  ``shape[0]`` must be divisible by the mesh size.
+
+    Args:
+      solver, schedule, noise_fn: as :func:`make_sampler`.
+      mesh: a mesh (default :func:`scire_jax.batch_mesh` over all devices).
+      dtype: dtype of ``x_T`` and of the solver arithmetic.
+      axis_name: the mesh axis to shard the batch over (default: the mesh's first axis).
+      callback: optional per-step host callback ``callback(step, t)``.
+    """
+    plan(solver, schedule)
+    mesh = sharding.batch_mesh() if mesh is None else mesh
+
+    def draw_and_solve(params, key, shape, first_index, constrain):
+        check_shape(shape)
+        x_start = constrain(initial_noise(key, shape, dtype, first_index))
+        return solve(solver, schedule, noise_fn, params, x_start, callback=callback)
+
+    return sharding.shard_batch(draw_and_solve, mesh, axis_name)
+
+
+def make_pmap_sampler(solver, schedule, noise_fn: Callable, *, devices=None, dtype=None):
+    """``sample_fn(params, key, shape)`` that splits the batch over devices with ``jax.pmap``.
+
+    Returns the full batch ``(shape[0], ...)`` (gathered), identical to the single-device sampler
+    for the same key.  ``shape`` is a static Python tuple; ``shape[0]`` must be divisible by the
+    number of devices.
+    """
+    plan(solver, schedule)
+
+    def solve_indices(params, key, indices, sample_shape):
+        noise_dtype = jnp.result_type(float) if dtype is None else dtype
+        x_start = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), sample_shape, noise_dtype))(indices)
+        return solve(solver, schedule, noise_fn, params, x_start)
+
+    return sharding.pmap_batch(solve_indices, devices)

@@ -14,6 +14,9 @@ Several hosts: call ``jax.distributed.initialize()`` on every host, build the me
 on every host, and let each host write its own shard:
 ``[s.data for s in samples.addressable_shards]`` (global sample indices from ``s.index``).
 
+This module holds the device mechanics (meshes, constraints, ``pmap``); the samplers built on them
+are :func:`scire_jax.make_sharded_sampler` and :func:`scire_jax.make_pmap_sampler`.
+
 Example:
     >>> import jax, scire_jax as sj
     >>> mesh = sj.batch_mesh()                                # all devices, axis "batch"
@@ -26,13 +29,11 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from scire_jax.core.sampling import initial_noise, plan, solve
 
-__all__ = ["batch_mesh", "make_sharded_sampler", "make_pmap_sampler", "replicate"]
+__all__ = ["batch_mesh", "replicate", "shard_batch", "pmap_batch"]
 
 BATCH_AXIS = "batch"
 
@@ -56,22 +57,12 @@ def replicate(tree, mesh: jax.sharding.Mesh):
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def make_sharded_sampler(solver, schedule, noise_fn: Callable, mesh: Optional[jax.sharding.Mesh] = None, *,
-                         dtype=None, axis_name: Optional[str] = None, callback: Optional[Callable] = None):
-    """``sample_fn(params, key, shape, first_index=0)`` with the batch axis sharded over ``mesh``.
+def shard_batch(draw_and_solve: Callable, mesh: jax.sharding.Mesh, axis_name: Optional[str] = None) -> Callable:
+    """Wrap ``draw_and_solve(params, key, shape, first_index) -> x`` to shard the batch over ``mesh``.
 
-    Params (and the plan's constants) are replicated; the initial noise, every state and the
-    output are sharded along the batch axis.  ``shape[0]`` must be divisible by the mesh size.
-
-    Args:
-      solver, schedule, noise_fn: as :func:`scire_jax.make_sampler`.
-      mesh: a mesh (default :func:`batch_mesh` over all devices).
-      dtype: dtype of ``x_T`` and of the solver arithmetic.
-      axis_name: the mesh axis to shard the batch over (default: the mesh's first axis).
-      callback: optional per-step host callback ``callback(step, t)``.
+    Params are constrained to be replicated; the result (and, through propagation, every state)
+    is sharded along the batch axis.  ``shape[0]`` must be divisible by the mesh axis size.
     """
-    plan(solver, schedule)
-    mesh = batch_mesh() if mesh is None else mesh
     axis_name = mesh.axis_names[0] if axis_name is None else axis_name
     if axis_name not in mesh.axis_names:
         raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh; allowed: {mesh.axis_names}")
@@ -84,29 +75,21 @@ def make_sharded_sampler(solver, schedule, noise_fn: Callable, mesh: Optional[ja
             raise ValueError(f"shape[0]={shape[0]} is not allowed: the batch must be divisible by the "
                              f"{size} devices of mesh axis {axis_name!r}")
         params = jax.lax.with_sharding_constraint(params, jax.tree_util.tree_map(lambda _: replicated, params))
-        x_start = jax.lax.with_sharding_constraint(initial_noise(key, shape, dtype, first_index), batch_sharding)
-        x = solve(solver, schedule, noise_fn, params, x_start, callback=callback)
+        x = draw_and_solve(params, key, shape, first_index,
+                           lambda x_start: jax.lax.with_sharding_constraint(x_start, batch_sharding))
         return jax.lax.with_sharding_constraint(x, batch_sharding)
 
     return sample_fn
 
 
-def make_pmap_sampler(solver, schedule, noise_fn: Callable, *, devices=None, dtype=None):
-    """``sample_fn(params, key, shape)`` that splits the batch over devices with ``jax.pmap``.
+def pmap_batch(solve_indices: Callable, devices=None) -> Callable:
+    """``sample_fn(params, key, shape)`` splitting sample indices over devices with ``jax.pmap``.
 
-    Returns the full batch ``(shape[0], ...)`` (gathered), identical to the single-device sampler
-    for the same key.  ``shape`` is a static Python tuple; ``shape[0]`` must be divisible by the
-    number of devices.
+    ``solve_indices(params, key, indices, sample_shape) -> x`` solves the samples ``indices`` on one
+    device; the gathered result has shape ``shape``.
     """
-    plan(solver, schedule)
     devices = jax.local_devices() if devices is None else list(devices)
     count = len(devices)
-
-    def per_device(params, key, indices, sample_shape):
-        x_start = jax.vmap(lambda i: jax.random.normal(
-            jax.random.fold_in(key, i), sample_shape, jnp.result_type(float) if dtype is None else dtype))(indices)
-        return solve(solver, schedule, noise_fn, params, x_start)
-
     compiled = {}
 
     def sample_fn(params, key, shape):
@@ -114,10 +97,9 @@ def make_pmap_sampler(solver, schedule, noise_fn: Callable, *, devices=None, dty
         if shape[0] % count:
             raise ValueError(f"shape[0]={shape[0]} is not allowed: the batch must be divisible by {count} devices")
         if shape not in compiled:
-            compiled[shape] = jax.pmap(lambda p, k, i: per_device(p, k, i, shape[1:]), in_axes=(None, None, 0),
+            compiled[shape] = jax.pmap(lambda p, k, i: solve_indices(p, k, i, shape[1:]), in_axes=(None, None, 0),
                                        devices=devices)
         indices = np.arange(shape[0]).reshape(count, shape[0] // count)
-        out = compiled[shape](params, key, indices)
-        return out.reshape(shape)
+        return compiled[shape](params, key, indices).reshape(shape)
 
     return sample_fn

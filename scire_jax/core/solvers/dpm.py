@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Optional
+from typing import ClassVar, Dict, Optional, Tuple
 
 import numpy as np
 
-from scire_jax.core.plans import Combination, Plan, Step
+from scire_jax.core.plans import Combination, Step
 from scire_jax.core.solvers import base
 from scire_jax.core.timesteps import time_grid
 
@@ -69,8 +69,8 @@ class _Exponential:
         return self.phi_2(h) / h - 0.5
 
 
-@dataclasses.dataclass(frozen=True)
-class DPMSolver:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPMSolver(base.Solver):
     """DPM-Solver / DPM-Solver++ configuration (frozen, hashable).
 
     Args:
@@ -81,43 +81,39 @@ class DPMSolver:
       steps: number of steps / NFE budget.
       skip_type: ``"logSNR"`` (default), ``"time_uniform"`` or ``"time_quadratic"``.
       solver_type: ``"dpmsolver"`` or ``"taylor"`` (form of the second-order correction).
-      t_start, t_end: integration range (defaults: the schedule's ``t_max``, ``t_min``).
       lower_order_final: lower the final orders -- only when ``steps < 10``, as the official code.
-      denoise_to_zero: finish with a data prediction at ``t_end`` (+1 NFE).
-      thresholding: corrector of every data prediction (``"dynamic"``, a
-        :class:`scire_jax.DynamicThresholding` or a callable ``(x0, t) -> x0``).
-      correct_xt: optional ``(x_t, t, step) -> x_t`` after each step.
+      times, t_start, t_end, denoise_to_zero, thresholding, correct_xt: see
+        :class:`scire_jax.core.solvers.base.Solver`.
+
+    On discrete schedules the official DPM-Solver clips the half log-SNR at -5.1 (it only bites where
+    ``lambda(t_max) < -5.1``, e.g. cosine betas); build the schedule with
+    ``sj.schedules.discrete(..., clip_log_snr=-5.1)`` to get the official samples there (see the
+    README, "DPM-Solver on discrete schedules").
     """
 
+    methods: ClassVar[Tuple[str, ...]] = METHODS
+    skip_types: ClassVar[Tuple[str, ...]] = SKIP_TYPES
+    lower_order_final_below: ClassVar[Optional[int]] = 10
+
     algorithm: str = "dpmsolver++"
-    method: str = "multistep"
     order: int = 2
-    steps: int = 20
     skip_type: str = "logSNR"
     solver_type: str = "dpmsolver"
-    t_start: Optional[float] = None
-    t_end: Optional[float] = None
-    lower_order_final: bool = True
-    denoise_to_zero: bool = False
-    thresholding: Any = None
-    correct_xt: Optional[Callable] = None
 
     def __post_init__(self):
         base.check_choice("algorithm", self.algorithm, ALGORITHMS)
         if self.method == "adaptive":
-            raise ValueError("method='adaptive' is not provided by scire-jax (yet); allowed: "
-                             f"{METHODS}")
-        base.check_choice("method", self.method, METHODS)
-        base.check_common(self, SKIP_TYPES)
+            raise ValueError(f"method='adaptive' is not provided by scire-jax (yet); allowed: {METHODS}")
+        super().__post_init__()
         base.check_choice("solver_type", self.solver_type, SOLVER_TYPES)
 
     @property
     def model_kind(self) -> str:
         return "data" if self.algorithm == "dpmsolver++" else "noise"
 
-    def build_plan(self, schedule) -> Plan:
-        """The host-side plan for ``schedule`` (see :mod:`scire_jax.core.plans`)."""
-        return base.build_method_plan(self, schedule)
+    def label(self) -> str:
+        kind = {"multistep": "M", "singlestep": "S", "singlestep_fixed": "SF"}[self.method]
+        return f"{'DPM++' if self.algorithm == 'dpmsolver++' else 'DPM'} {self.order}{kind}"
 
     # -- the x-space combination of an update from s to t ------------------------------------------
     def _combination(self, schedule, s, t, terms: Dict[int, float], exponential: _Exponential, first: int):
@@ -133,22 +129,8 @@ class DPMSolver:
         weights = _add({first: -exponential.phi_1(h)}, terms)
         return ratio, _scaled(weights, coef)
 
-    def _multistep_steps(self, schedule, t_start, t_end) -> List[Step]:
-        n, p = self.steps, self.order
-        grid = time_grid(schedule, self.skip_type, t_start, t_end, n)
-        steps = [base.initial_step(schedule, grid[0], self.model_kind)]
-        for i in range(1, n + 1):
-            if i < p:
-                q = i
-            elif self.lower_order_final and n < 10:
-                q = min(p, n + 1 - i)
-            else:
-                q = p
-            post = base.coefficients(schedule, grid[i]) if i < n else None
-            steps.append(Step([], [], [], [], self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], q),
-                              time=float(grid[i]), post_evaluation=post, push="post" if i < n else None,
-                              kind=self.model_kind, order=q))
-        return steps
+    def multistep_combination(self, schedule, grid, i: int, order: int) -> Combination:
+        return self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], order)
 
     def multistep_update(self, schedule, times, order: int) -> Combination:
         """The x-space multistep update to ``times[-1]`` from the history at ``times[:-1]`` (oldest first)."""
@@ -184,26 +166,18 @@ class DPMSolver:
         d2 = _scaled(_add(d1_0, _scaled(d1_1, -1.0)), 1.0 / (r0 + r1))
         return _add(_scaled(d1, -sign * exponential.phi_2(h)), _scaled(d2, -exponential.phi_3(h)))
 
-    def _singlestep_steps(self, schedule, t_start, t_end) -> List[Step]:
-        n, p = self.steps, self.order
-        if self.method == "singlestep":
-            orders = base.agile_orders(n, p)
-            if self.skip_type == "logSNR":
-                outer = time_grid(schedule, self.skip_type, t_start, t_end, len(orders))
-            else:
-                outer = time_grid(schedule, self.skip_type, t_start, t_end, n)[np.cumsum([0] + orders)]
-        else:
-            orders = [p] * (n // p)
-            outer = time_grid(schedule, self.skip_type, t_start, t_end, n // p)
-        steps = []
-        for j, order in enumerate(orders):
-            s, t = float(outer[j]), float(outer[j + 1])
-            inner = np.asarray(schedule.log_snr(time_grid(schedule, self.skip_type, s, t, order)))
-            h = inner[-1] - inner[0]
-            r1 = (inner[1] - inner[0]) / h if order > 1 else None
-            r2 = (inner[2] - inner[0]) / h if order > 2 else None
-            steps.append(self.singlestep_step(schedule, s, t, order, r1, r2))
-        return steps
+    def singlestep_outer_grid(self, schedule, t_start, t_end, orders):
+        if self.method == "singlestep" and self.skip_type == "logSNR" and self.times is None:
+            # the official "fast" method spaces the outer steps uniformly in logSNR
+            return time_grid(schedule, self.skip_type, t_start, t_end, len(orders))
+        return super().singlestep_outer_grid(schedule, t_start, t_end, orders)
+
+    def singlestep_interval(self, schedule, s: float, t: float, order: int, j: int, count: int) -> Step:
+        inner = np.asarray(schedule.log_snr(time_grid(schedule, self.skip_type, s, t, order)))
+        h = inner[-1] - inner[0]
+        r1 = (inner[1] - inner[0]) / h if order > 1 else None
+        r2 = (inner[2] - inner[0]) / h if order > 2 else None
+        return self.singlestep_step(schedule, s, t, order, r1, r2)
 
     def singlestep_step(self, schedule, s: float, t: float, order: int, r1: Optional[float] = None,
                         r2: Optional[float] = None) -> Step:

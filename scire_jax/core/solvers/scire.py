@@ -36,11 +36,11 @@ import dataclasses
 import math
 import numbers
 import warnings
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, ClassVar, List, Optional, Tuple, Union
 
 import numpy as np
 
-from scire_jax.core.plans import Combination, Plan, Step
+from scire_jax.core.plans import Combination, Step
 from scire_jax.core.schedules import DiscreteSchedule
 from scire_jax.core.solvers import base
 from scire_jax.core.timesteps import NSR_SHIFT, SKIP_TYPES, time_grid
@@ -109,9 +109,13 @@ def singlestep_phi_schedule(outer_steps: int, k: int) -> List[float]:
     return values
 
 
-@dataclasses.dataclass(frozen=True)
-class SciRE:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SciRE(base.Solver):
     """SciRE-Solver configuration (frozen and hashable: usable as a static jit argument).
+
+    The default, ``SciRE()``, is the project's one default SciRE configuration: v1, multistep,
+    order 3, NSR grid, the official phi schedule (the configuration of the accuracy atlas, the
+    command line and ``scire-jax compare``).
 
     Args:
       algorithm: ``"v1"`` (noise prediction, state ``x/alpha``) or ``"v2"`` (data prediction,
@@ -122,48 +126,44 @@ class SciRE:
       steps: number of steps N (the NFE budget), ``>= order``.
       skip_type: time grid: ``"NSR"`` (SciRE's, default), ``"time_uniform"``, ``"time_quadratic"``,
         ``"logSNR"`` or ``"karras"``.
-      t_start: start time (default: the schedule's ``t_max``).
-      t_end: end time (default: the schedule's ``t_min``, ``1/N_train`` for VP schedules).
-      lower_order_final: multistep: lower the order of the final steps (always applied, as the
-        official SciRE code does).
-      denoise_to_zero: finish with one data prediction at ``t_end`` (+1 NFE).
       phi: ``"official"`` (the published per-step schedule) or a positive float constant.
-      thresholding: ``None``, ``"dynamic"``, :class:`scire_jax.DynamicThresholding` or a callable
-        ``(x0, t) -> x0`` applied to every data prediction.
-      correct_xt: optional ``(x_t, t, step) -> x_t`` applied after every step.
       nsr_shift: ``k`` of the NSR time grid (3.1 as official; any k in [2, 7] per the authors).
+      times, t_start, t_end, lower_order_final, denoise_to_zero, thresholding, correct_xt: see
+        :class:`scire_jax.core.solvers.base.Solver` (``lower_order_final`` is always applied, as the
+        official SciRE code does).
     """
+
+    methods: ClassVar[Tuple[str, ...]] = METHODS
 
     algorithm: str = "v1"
     method: str = "multistep"
-    order: int = 2
-    steps: int = 20
+    order: int = 3
     skip_type: str = "NSR"
-    t_start: Optional[float] = None
-    t_end: Optional[float] = None
-    lower_order_final: bool = True
-    denoise_to_zero: bool = False
     phi: Union[str, float] = "official"
-    thresholding: Any = None
-    correct_xt: Optional[Callable] = None
     nsr_shift: float = NSR_SHIFT
 
     def __post_init__(self):
         base.check_choice("algorithm", self.algorithm, ALGORITHMS)
-        base.check_choice("method", self.method, METHODS)
-        base.check_common(self, SKIP_TYPES)
+        super().__post_init__()
         if not isinstance(self.phi, str):
             if isinstance(self.phi, bool) or not isinstance(self.phi, numbers.Real) or not (
                     math.isfinite(self.phi) and self.phi > 0):
                 raise ValueError(f"phi={self.phi!r} is not allowed: use 'official' or a finite float > 0")
         elif self.phi != "official":
             raise ValueError(f"phi={self.phi!r} is not allowed: use 'official' or a finite float > 0")
-        if not (isinstance(self.nsr_shift, numbers.Real) and self.nsr_shift > 0):
+        if isinstance(self.nsr_shift, bool) or not (isinstance(self.nsr_shift, numbers.Real) and self.nsr_shift > 0):
             raise ValueError(f"nsr_shift={self.nsr_shift!r} is not allowed: it must be > 0")
         if self.method == "singlestep_fixed" and self.steps % self.order:
             warnings.warn(f"SciRE singlestep_fixed with steps={self.steps}, order={self.order} makes "
                           f"{self.steps // self.order * self.order} network calls (steps % order is dropped, "
                           f"as the official code does); see plan(...).nfe", stacklevel=3)
+
+    def label(self) -> str:
+        if self.order == 1 and self.method == "multistep" and self.algorithm == "v1":
+            return "DDIM"
+        kind = {"multistep": "M", "singlestep_agile": "S", "singlestep_fixed": "SF"}[self.method]
+        phi = "" if self.phi == "official" else f" phi={self.phi:g}"
+        return f"SciRE-{self.algorithm} {self.order}{kind}{phi}"
 
     @property
     def model_kind(self) -> str:
@@ -184,29 +184,20 @@ class SciRE:
     def _phi_values(self, official: List[float]) -> List[float]:
         return official if self.phi == "official" else [float(self.phi)] * len(official)
 
-    def build_plan(self, schedule) -> Plan:
-        """The host-side plan for ``schedule`` (see :mod:`scire_jax.core.plans`)."""
-        return base.build_method_plan(self, schedule)
+    def grid_options(self):
+        return {"nsr_shift": self.nsr_shift}
 
     def _grid(self, schedule, t_start, t_end, n):
         return time_grid(schedule, self.skip_type, t_start, t_end, n, nsr_shift=self.nsr_shift)
 
-    def _multistep_steps(self, schedule, t_start, t_end) -> List[Step]:
-        n, p = self.steps, self.order
-        grid = self._grid(schedule, t_start, t_end, n)
-        phis = self._phi_values(multistep_phi_schedule(n, p))
-        steps = [base.initial_step(schedule, grid[0], self.model_kind)]
-        for i in range(1, n + 1):
-            if i < p:
-                q = i
-            else:
-                q = min(p, n + 1 - i) if self.lower_order_final else p
-            phi = phis[i - 1]
-            post = base.coefficients(schedule, grid[i]) if i < n else None
-            steps.append(Step([], [], [], [], self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], q, phi),
-                              time=float(grid[i]), post_evaluation=post, push="post" if i < n else None,
-                              kind=self.model_kind, order=q, phi=phi if q > 1 else float("nan")))
-        return steps
+    def _multistep_phis(self) -> List[float]:
+        return self._phi_values(multistep_phi_schedule(self.steps, self.order))
+
+    def step_phi(self, i: int, order: int) -> float:
+        return self._multistep_phis()[i - 1] if order > 1 else float("nan")
+
+    def multistep_combination(self, schedule, grid, i: int, order: int) -> Combination:
+        return self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], order, self._multistep_phis()[i - 1])
 
     def multistep_update(self, schedule, times, order: int, phi: float) -> Combination:
         """The x-space multistep update to ``times[-1]`` from the history at ``times[:-1]`` (oldest first)."""
@@ -251,23 +242,11 @@ class SciRE:
         r2 = (inner[2] - inner[0]) / (inner[3] - inner[0]) if order == 3 else None
         return float(r1), (None if r2 is None else float(r2))
 
-    def _singlestep_steps(self, schedule, t_start, t_end) -> List[Step]:
-        n, p = self.steps, self.order
-        k = n // p
-        if self.method == "singlestep_agile":
-            orders = base.agile_orders(n, p)
-            grid = self._grid(schedule, t_start, t_end, n)
-            outer = grid[np.cumsum([0] + orders)]
-        else:
-            orders = [p] * k
-            outer = self._grid(schedule, t_start, t_end, k)
-        phis = self._phi_values(singlestep_phi_schedule(len(orders), k))
-        steps = []
-        for j, order in enumerate(orders):
-            s, t = float(outer[j]), float(outer[j + 1])
-            r1, r2 = self._inner_ratios(schedule, s, t, order)
-            steps.append(self.singlestep_step(schedule, s, t, order, phis[j], r1, r2))
-        return steps
+    def singlestep_interval(self, schedule, s: float, t: float, order: int, j: int, count: int) -> Step:
+        k = self.steps // self.order
+        phi = self._phi_values(singlestep_phi_schedule(count, k))[j]
+        r1, r2 = self._inner_ratios(schedule, s, t, order)
+        return self.singlestep_step(schedule, s, t, order, phi, r1, r2)
 
     def singlestep_step(self, schedule, s: float, t: float, order: int, phi: float, r1: Optional[float] = None,
                         r2: Optional[float] = None) -> Step:
@@ -302,7 +281,8 @@ class SciRE:
                     kind=self.model_kind, order=order, phi=phi if order > 1 else float("nan"))
 
 def DDIM(steps: int = 20, skip_type: str = "time_uniform", t_start: Optional[float] = None,
-         t_end: Optional[float] = None, denoise_to_zero: bool = False, thresholding: Any = None) -> SciRE:
+         t_end: Optional[float] = None, denoise_to_zero: bool = False, thresholding: Any = None,
+         times=None) -> SciRE:
     """DDIM (eta = 0): first-order SciRE v1, ``x_t = (alpha_t / alpha_s) x_s + alpha_t (nu_t - nu_s) eps_s``.
 
     Example:
@@ -310,5 +290,5 @@ def DDIM(steps: int = 20, skip_type: str = "time_uniform", t_start: Optional[flo
         >>> sj.plan(sj.DDIM(steps=10), sj.schedules.linear()).nfe
         10
     """
-    return SciRE(algorithm="v1", method="multistep", order=1, steps=steps, skip_type=skip_type,
+    return SciRE(algorithm="v1", method="multistep", order=1, steps=steps, skip_type=skip_type, times=times,
                  t_start=t_start, t_end=t_end, denoise_to_zero=denoise_to_zero, thresholding=thresholding)

@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from scire_jax.core.plans import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.core.plans import Combination, Step
 from scire_jax.core.solvers import base
-from scire_jax.core.timesteps import SKIP_TYPES, time_grid
 
 __all__ = ["UniPC"]
 
@@ -36,8 +34,8 @@ VARIANTS = ("bh1", "bh2")
 PREDICTIONS = ("data", "noise")
 
 
-@dataclasses.dataclass(frozen=True)
-class UniPC:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UniPC(base.Solver):
     """UniPC multistep configuration (frozen, hashable).
 
     Args:
@@ -46,85 +44,85 @@ class UniPC:
       steps: number of steps = NFE.
       skip_type: time grid (default ``"logSNR"``).
       prediction: ``"data"`` (UniPC with x0 prediction, default) or ``"noise"``.
-      t_start, t_end, lower_order_final, denoise_to_zero, thresholding, correct_xt: as
-        :class:`scire_jax.SciRE` (``lower_order_final`` applies for every ``steps``, as the UniPC code).
+      times, t_start, t_end, lower_order_final, denoise_to_zero, thresholding, correct_xt: see
+        :class:`scire_jax.core.solvers.base.Solver` (``lower_order_final`` applies for every
+        ``steps``, as the UniPC code).
     """
 
     variant: str = "bh2"
     order: int = 2
-    steps: int = 20
     skip_type: str = "logSNR"
     prediction: str = "data"
-    t_start: Optional[float] = None
-    t_end: Optional[float] = None
-    lower_order_final: bool = True
-    denoise_to_zero: bool = False
-    thresholding: Any = None
-    correct_xt: Optional[Callable] = None
 
     def __post_init__(self):
         base.check_choice("variant", self.variant, VARIANTS)
-        base.check_common(self, SKIP_TYPES)
+        super().__post_init__()
         base.check_choice("prediction", self.prediction, PREDICTIONS)
 
-    def build_plan(self, schedule) -> Plan:
-        t_start, t_end = base.time_range(schedule, self.t_start, self.t_end)
-        n, p = self.steps, self.order
-        grid = time_grid(schedule, self.skip_type, t_start, t_end, n)
-        lam = np.asarray(schedule.log_snr(grid))
-        log_alpha = np.asarray(schedule.log_alpha(grid))
+    @property
+    def model_kind(self) -> str:
+        return "data" if self.prediction == "data" else "noise"
+
+    def label(self) -> str:
+        return f"UniPC-{self.order}"
+
+    def multistep_step(self, schedule, grid, i: int, q: int) -> Step:
+        """Predictor to ``grid[i]``; except at the end, corrected with the model at the predicted point."""
+        window = np.asarray(grid[max(i - 3, 0):i + 1], dtype=np.float64)
+        offset = max(i - 3, 0)
+        lam_window = np.asarray(schedule.log_snr(window))
+        log_alpha_window = np.asarray(schedule.log_alpha(window))
+
+        def lam_at(index):
+            return float(lam_window[index - offset])
+
         data = self.prediction == "data"
-        kind = "data" if data else "noise"
-        steps = [base.initial_step(schedule, grid[0], kind)]
-        for i in range(1, n + 1):
-            q = i if i < p else (min(p, n + 1 - i) if self.lower_order_final else p)
-            corrected = i < n
-            h = lam[i] - lam[i - 1]
-            hh = -h if data else h
-            alpha_t, sigma_t = base.coefficients(schedule, grid[i])
-            alpha_s, sigma_s = base.coefficients(schedule, grid[i - 1])
-            ratio = sigma_t / sigma_s if data else math.exp(log_alpha[i] - log_alpha[i - 1])
-            scale = alpha_t if data else sigma_t
-            h_phi_1 = math.expm1(hh)
-            b_h = hh if self.variant == "bh1" else math.expm1(hh)
-            # r_k of the earlier points (ages 2..q), then 1 for the new point
-            rks = [(lam[i - 1 - k] - lam[i - 1]) / h for k in range(1, q)] + [1.0]
-            matrix = np.array([[r ** (row) for r in rks] for row in range(q)])
-            rhs = []
-            h_phi_k = h_phi_1 / hh - 1.0
-            factorial = 1.0
-            for index in range(1, q + 1):
-                rhs.append(h_phi_k * factorial / b_h)
-                factorial *= index + 1
-                h_phi_k = h_phi_k / hh - 1.0 / factorial
-            rhs = np.array(rhs)
-            base_terms = {1: -scale * h_phi_1}  # history age 1 = F_0
+        kind = self.model_kind
+        h = lam_at(i) - lam_at(i - 1)
+        hh = -h if data else h
+        alpha_t, sigma_t = base.coefficients(schedule, grid[i])
+        if data:
+            ratio = sigma_t / base.coefficients(schedule, grid[i - 1])[1]
+        else:
+            ratio = math.exp(float(log_alpha_window[i - offset] - log_alpha_window[i - 1 - offset]))
+        scale = alpha_t if data else sigma_t
+        h_phi_1 = math.expm1(hh)
+        b_h = hh if self.variant == "bh1" else math.expm1(hh)
+        # r_k of the earlier points (ages 2..q), then 1 for the new point
+        rks = [(lam_at(i - 1 - k) - lam_at(i - 1)) / h for k in range(1, q)] + [1.0]
+        matrix = np.array([[r ** (row) for r in rks] for row in range(q)])
+        rhs = []
+        h_phi_k = h_phi_1 / hh - 1.0
+        factorial = 1.0
+        for index in range(1, q + 1):
+            rhs.append(h_phi_k * factorial / b_h)
+            factorial *= index + 1
+            h_phi_k = h_phi_k / hh - 1.0 / factorial
+        rhs = np.array(rhs)
+        base_terms = {1: -scale * h_phi_1}  # history age 1 = F_0
 
-            def with_differences(rhos, extra):
-                terms = dict(base_terms)
-                for k, rho in enumerate(rhos):  # D_k = (F_{age k+2} - F_0) / r_k
-                    coef = -scale * b_h * rho / rks[k]
-                    terms[k + 2] = terms.get(k + 2, 0.0) + coef
-                    terms[1] = terms[1] - coef
-                return terms
+        def with_differences(rhos):
+            terms = dict(base_terms)
+            for k, rho in enumerate(rhos):  # D_k = (F_{age k+2} - F_0) / r_k
+                coef = -scale * b_h * rho / rks[k]
+                terms[k + 2] = terms.get(k + 2, 0.0) + coef
+                terms[1] = terms[1] - coef
+            return terms
 
-            if q == 1:
-                rhos_predictor = []
-            elif q == 2:
-                rhos_predictor = [0.5]
-            else:
-                rhos_predictor = list(np.linalg.solve(matrix[:-1, :-1], rhs[:-1]))
-            predictor = Combination(state=ratio, history=with_differences(rhos_predictor, None))
-            if corrected:
-                rhos_corrector = [0.5] if q == 1 else list(np.linalg.solve(matrix, rhs))
-                terms = with_differences(rhos_corrector[:-1], None)
-                last = -scale * b_h * rhos_corrector[-1]  # times (F(x_pred, t) - F_0)
-                terms[1] = terms[1] - last
-                output = Combination(state=ratio, stages={0: last}, history=terms)
-                steps.append(Step([float(grid[i])], [alpha_t], [sigma_t], [predictor], output,
-                                  time=float(grid[i]), push="stage0", kind=kind, order=q))
-            else:
-                steps.append(Step([], [], [], [], predictor, time=float(grid[i]), kind=kind, order=q))
-        if self.denoise_to_zero:
-            steps.append(base.denoise_step(schedule, t_end))
-        return build_plan_from_steps(steps, t_start, t_end, self)
+        if q == 1:
+            rhos_predictor = []
+        elif q == 2:
+            rhos_predictor = [0.5]
+        else:
+            rhos_predictor = list(np.linalg.solve(matrix[:-1, :-1], rhs[:-1]))
+        predictor = Combination(state=ratio, history=with_differences(rhos_predictor))
+        if i < self.steps:  # the last step is not corrected
+            rhos_corrector = [0.5] if q == 1 else list(np.linalg.solve(matrix, rhs))
+            terms = with_differences(rhos_corrector[:-1])
+            last = -scale * b_h * rhos_corrector[-1]  # times (F(x_pred, t) - F_0)
+            terms[1] = terms[1] - last
+            output = Combination(state=ratio, stages={0: last}, history=terms)
+            return Step([float(grid[i])], [alpha_t], [sigma_t], [predictor], output,
+                        time=float(grid[i]), push="stage0", kind=kind, order=q)
+        return Step([], [], [], [], predictor, time=float(grid[i]), kind=kind, order=q)
+
