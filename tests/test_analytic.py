@@ -11,6 +11,8 @@ import pytest
 from scire_jax.models import analytic
 from scire_jax.core import schedules
 
+pytestmark = pytest.mark.usefixtures("x64")  # parity with float64 references
+
 REFERENCE = pathlib.Path(__file__).parent / "data" / "reference"
 
 

@@ -23,6 +23,8 @@ import pytest
 import scire_jax as sj
 from scire_jax.models import analytic
 
+pytestmark = pytest.mark.usefixtures("x64")  # parity with float64 references
+
 NFES = (40, 80, 160)
 SCHEDULE = sj.schedules.linear()
 MODEL = analytic.Gaussian(mean=np.array([0.5, -0.3]), std=np.array([0.5, 0.8]))

@@ -360,7 +360,9 @@ def test_convert_main_then_load_pretrained(small_folder, tmp_path):
     convert_main(folder, tmp_path / "ckpt", overwrite=True)
     expected_schedule = scire_jax.core.schedules.discrete(betas=np.linspace(1e-4, 0.02, 1000))
     for source in (tmp_path / "ckpt", folder):
-        apply_fn, loaded, schedule, prediction = pretrained.load_pretrained(source)
+        record = pretrained.load_pretrained(source)
+        apply_fn, loaded, schedule, prediction = record.apply_fn, record.params, record.schedule, record.prediction
+        assert record.sample_shape == (16, 16, 3)
         chex.assert_trees_all_close(loaded, params, atol=0, rtol=0)
         assert prediction == "noise" and schedule == expected_schedule
         out = jax.eval_shape(apply_fn, loaded, jax.ShapeDtypeStruct((2, 16, 16, 3), jnp.float32), jnp.zeros((2,)))
@@ -373,7 +375,8 @@ def test_load_pretrained_reads_training_exports(small_folder, tmp_path):
     config = {"model": dict(module.to_config(), arch="unet2d"), "schedule": {"type": "discrete", "betas": betas},
               "prediction": "noise", "time_input": "discrete"}
     checkpoints.save(tmp_path / "export", params["params"], config, {"step": 3})  # bare parameter tree
-    apply_fn, loaded, schedule, prediction = pretrained.load_pretrained(tmp_path / "export")
+    record = pretrained.load_pretrained(tmp_path / "export")
+    loaded, schedule, prediction = record.params, record.schedule, record.prediction
     chex.assert_trees_all_close(loaded, params, atol=0, rtol=0)
     assert schedule.total_n == 50 and prediction == "noise"
     checkpoints.save(tmp_path / "no_schedule", params, module.to_config(), {"step": 3})

@@ -80,8 +80,8 @@ def test_embedded_model_samples_at_20_nfe():
 
     if "mnist" not in pretrained.PRETRAINED:
         pytest.skip("the embedded model 'mnist' is not registered in scire_jax.io.pretrained.PRETRAINED")
-    apply_fn, params, schedule, prediction = pretrained.load_pretrained("mnist")
-    noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
+    model = pretrained.load_pretrained("mnist")
+    params, schedule, noise_fn = model.params, model.schedule, model.noise_fn()
     solver = sj.SciRE(algorithm="v1", method="multistep", order=3, steps=20, skip_type="NSR")
     assert sj.plan(solver, schedule).nfe == 20
     sample_fn = sj.make_sampler(solver, schedule, noise_fn)

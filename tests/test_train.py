@@ -155,7 +155,9 @@ def test_export_loads_with_load_pretrained(tmp_path):
     state = train_lib.TrainState(step=0, params=params, ema_params=params, opt_state=None,
                                  losses=np.zeros(0), config=config, model=module)
     train_lib.export(state, str(tmp_path / "export"))
-    apply_fn, loaded, schedule, prediction = pretrained.load_pretrained(str(tmp_path / "export"))
+    record = pretrained.load_pretrained(str(tmp_path / "export"))
+    loaded, schedule, prediction = record.params, record.schedule, record.prediction
+    assert record.sample_shape == (8, 8, 1) and record.conditioning == "none"
     assert prediction == "noise"
     np.testing.assert_allclose(np.asarray(schedule.alpha(np.array([0.001, 1.0]))),
                                np.sqrt(np.cumprod(1 - train_lib.ddpm_betas(config)))[[0, -1]], rtol=1e-6)

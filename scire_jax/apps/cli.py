@@ -1,4 +1,4 @@
-"""The ``scire-jax`` command line: ``sample``, ``compare``, ``convert``, ``train``, ``bench``.
+"""The ``scire-jax`` command line: ``sample``, ``compare``, ``convert``, ``train``.
 
 ``scire-jax sample`` with no arguments draws 64 samples from the embedded default model with SciRE
 v1 multistep order 3 at 10 NFE and writes an 8x8 grid to ``samples.png``.
@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from scire_jax.core.solvers.registry import REGISTRY, solver_fields, solver_from_spec
 from scire_jax.io.files import atomic_write, atomic_write_text
 
 DEFAULT_MODEL = "mnist"
@@ -52,15 +53,15 @@ def _add_sample_parser(subparsers):
     parser.add_argument("--num", type=_positive_int("num"), default=64, help="number of samples (default 64)")
     parser.add_argument("--steps", type=_positive_int("steps"), default=10, help="NFE budget (default 10)")
     parser.add_argument("--solver", default="scire",
-                        help="scire, dpm (DPM-Solver++; --algorithm dpmsolver for DPM-Solver), ddim or unipc "
-                             "(default scire)")
+                        help="a registered solver: " + "; ".join(f"{e.name}: {e.description}"
+                                                               for e in REGISTRY.values()) + " (default scire)")
     parser.add_argument("--algorithm", default=None, help="scire: v1 (default) / v2; dpm: dpmsolver++ (default) / "
                         "dpmsolver")
     parser.add_argument("--method", default=None,
-                        help="multistep (default) / singlestep_agile / singlestep_fixed (scire, dpm)")
-    parser.add_argument("--order", type=int, default=None, help="solver order 1-3 (default 3; scire, dpm, unipc)")
+                        help="multistep (default) / singlestep_agile / singlestep_fixed (solvers with a method field)")
+    parser.add_argument("--order", type=int, default=None, help="solver order 1-3 (default: the solver's)")
     parser.add_argument("--skip-type", default=None,
-                        help="time grid: NSR (scire default), logSNR (dpm, unipc default), time_uniform "
+                        help="time grid: NSR (scire default), logSNR (dpm, unipc, deis default), time_uniform "
                              "(ddim default), time_quadratic, karras")
     parser.add_argument("--phi", default=None, help="scire only: 'official' (default) or a constant, e.g. 1")
     parser.add_argument("--out", default="samples.png", help="output .png (grid) or .npz (arrays in [-1, 1])")
@@ -68,38 +69,28 @@ def _add_sample_parser(subparsers):
     parser.add_argument("--progress", action="store_true", help="also print one line per solver step")
 
 
-# CLI flag -> solver field, and which solvers have it
-_SOLVER_FLAGS = {
-    "algorithm": ("scire", "dpm"), "method": ("scire", "dpm"), "order": ("scire", "dpm", "unipc"),
-    "skip_type": ("scire", "dpm", "unipc", "ddim"), "phi": ("scire",),
-}
-_SOLVER_ALIASES = {"dpmsolver": "dpm:algorithm=dpmsolver", "dpmsolver++": "dpm:algorithm=dpmsolver++"}
-SOLVERS = ("scire", "dpm", "ddim", "unipc", "dpmsolver", "dpmsolver++")
+# CLI flags that set solver fields of the same name
+_SOLVER_FLAGS = ("algorithm", "method", "order", "skip_type", "phi")
 
 
 def _solver_spec_from_args(args) -> str:
-    """The solver spec (``scire_jax.apps.comparison.solver_from_spec``) of the sample flags."""
-    if args.solver not in SOLVERS:
-        raise CommandError(f"--solver={args.solver!r} is not allowed; allowed: {', '.join(SOLVERS)}")
-    spec = _SOLVER_ALIASES.get(args.solver, args.solver)
-    name = spec.partition(":")[0]
-    fields = [spec.partition(":")[2]] if ":" in spec else []
-    for flag, solvers in _SOLVER_FLAGS.items():
+    """The solver spec (``scire_jax.core.solvers.registry.solver_from_spec``) of the sample flags."""
+    if args.solver not in REGISTRY:
+        raise CommandError(f"--solver={args.solver!r} is not allowed; allowed: {', '.join(REGISTRY)}")
+    fields = []
+    for flag in _SOLVER_FLAGS:
         value = getattr(args, flag)
         if value is None:
             continue
-        if name not in solvers:
+        if flag not in solver_fields(args.solver):
+            having = [name for name in REGISTRY if flag in solver_fields(name)]
             raise CommandError(f"--{flag.replace('_', '-')}={value!r} is not allowed with --solver={args.solver}: "
-                               f"it applies to {', '.join(solvers)}")
-        if flag == "algorithm" and args.solver in _SOLVER_ALIASES and value != args.solver:
-            raise CommandError(f"--algorithm={value!r} contradicts --solver={args.solver}")
+                               f"it applies to {', '.join(having)}")
         fields.append(f"{flag}={value}")
-    return name + (":" + ",".join(fields) if fields else "")
+    return args.solver + (":" + ",".join(fields) if fields else "")
 
 
 def _solver_from_args(args):
-    from scire_jax.apps.comparison import solver_from_spec
-
     try:
         return solver_from_spec(_solver_spec_from_args(args), args.steps)
     except ValueError as error:
@@ -115,7 +106,7 @@ def _check_output(path):
 
 
 def _load_model(args):
-    """``(apply_fn, params, schedule, prediction, model)`` of --model / --checkpoint."""
+    """The :class:`scire_jax.io.pretrained.Pretrained` record of --model / --checkpoint."""
     from scire_jax.io.pretrained import load_pretrained
 
     if args.model is not None and args.checkpoint is not None:
@@ -123,7 +114,7 @@ def _load_model(args):
                            "give one")
     flag, model = ("checkpoint", args.checkpoint) if args.checkpoint is not None else ("model", args.model or DEFAULT_MODEL)
     try:
-        return load_pretrained(model) + (model,)
+        return load_pretrained(model)
     except (ValueError, FileNotFoundError, OSError) as error:
         raise CommandError(f"--{flag}={model!r}: {error}") from None
 
@@ -156,12 +147,12 @@ def run_sample(args) -> int:
     import numpy as np
 
     import scire_jax as sj
-    from scire_jax.apps.comparison import sample_in_chunks, solver_label
+    from scire_jax.apps.comparison import sample_in_chunks
 
     mesh = _mesh_from_args(args)
-    apply_fn, params, schedule, prediction, model = _load_model(args)
-    sample_size, channels = _sample_geometry(model, params)
-    noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
+    model = _load_model(args)
+    params, schedule = model.params, model.schedule
+    noise_fn = model.noise_fn()
     callback = None
     if args.progress:
         def callback(step, t):
@@ -180,7 +171,7 @@ def run_sample(args) -> int:
     chunks = -(-args.num // batch)
     start = time.perf_counter()
     samples = sample_in_chunks(sample_fn, params, jax.random.key(args.seed),
-                               (args.num, sample_size, sample_size, channels), batch,
+                               (args.num,) + model.sample_shape, batch,
                                progress="sampling" if chunks > 1 else None)
     samples = np.clip(samples, -1.0, 1.0)
     elapsed = time.perf_counter() - start
@@ -190,38 +181,10 @@ def run_sample(args) -> int:
         from scire_jax.apps.images import image_grid, write_png
 
         write_png(args.out, image_grid(samples, scale=args.scale, pad=1))
-    print(f"wrote {args.out}: {args.num} samples of {sample_size}x{sample_size}x{channels}, "
-          f"{solver_label(solver)} NFE={nfe}, {elapsed:.1f} s ({args.num / elapsed:.1f} samples/s, compilation "
+    print(f"wrote {args.out}: {args.num} samples of {'x'.join(map(str, model.sample_shape))}, "
+          f"{solver.label()} NFE={nfe}, {elapsed:.1f} s ({args.num / elapsed:.1f} samples/s, compilation "
           f"included; {chunks} batch(es) of {batch} on {devices} device(s))")
     return 0
-
-
-def _sample_geometry(model, params):
-    """(sample_size, channels) from the UNet's input convolution and the stored config."""
-    import jax
-
-    from scire_jax.io import checkpoints
-    from scire_jax.io.pretrained import resolve_path
-
-    path = resolve_path(model)
-    size = None
-    if checkpoints.is_checkpoint(path):
-        _, config, _ = checkpoints.restore(path)
-        model_config = config.get("model", config) if isinstance(config.get("model"), dict) else config
-        size = model_config.get("sample_size")
-    else:
-        import json
-        for candidate in (path / "config.json", path / "unet" / "config.json"):
-            if candidate.exists():
-                size = json.loads(candidate.read_text()).get("sample_size")
-                break
-    kernel = params["params"]["conv_in"]["kernel"]
-    channels = int(kernel.shape[-2])
-    if isinstance(size, (list, tuple)):
-        size = size[0]
-    if size is None:
-        raise CommandError(f"--model={model!r}: its config has no sample_size")
-    return int(size), channels
 
 
 def _add_compare_parser(subparsers):
@@ -254,8 +217,6 @@ def _add_compare_parser(subparsers):
 
 
 def run_compare(args) -> int:
-    from scire_jax.apps.comparison import solver_from_spec
-
     specs = list(args.solvers)
     for spec in specs + [args.reference]:
         try:
@@ -273,11 +234,11 @@ def run_compare(args) -> int:
     from scire_jax.apps import comparison
 
     mesh = _mesh_from_args(args)
-    apply_fn, params, schedule, prediction, model = _load_model(args)
-    sample_size, channels = _sample_geometry(model, params)
-    shape = (sample_size, sample_size, channels)
+    model = _load_model(args)
+    params, schedule = model.params, model.schedule
+    shape = model.sample_shape
     with_metrics = not args.no_metrics and shape == (16, 16, 1)
-    noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
+    noise_fn = model.noise_fn()
     try:
         result = comparison.compare_solvers(
             noise_fn, params, schedule, specs, args.nfe, num=args.num, shape=shape, seed=args.seed,
@@ -299,7 +260,7 @@ def run_compare(args) -> int:
     image = comparison.comparison_image(result, per_cell=args.per_cell, scale=args.scale)
     base = args.out[:-len(".png")]
     record = {
-        "model": model, "seed": args.seed, "num": args.num, "error_num": len(result.reference),
+        "model": model.source, "seed": args.seed, "num": args.num, "error_num": len(result.reference),
         "reference": result.reference_label,
         "reference_self_error": result.reference_self_error, "reference_metrics": result.reference_metrics,
         "runs": [{"spec": spec, "label": result.labels[spec], "nfe_budget": budget,
@@ -318,28 +279,6 @@ def run_compare(args) -> int:
     return 0
 
 
-def _add_bench_parser(subparsers):
-    parser = subparsers.add_parser("bench", help="benchmarks: accuracy atlas or speed (source checkout)")
-    parser.add_argument("what", choices=["accuracy", "speed"])
-    parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
-    parser.add_argument("--out", default="docs", help="output folder of the markdown report (default docs)")
-
-
-def run_bench(args) -> int:
-    import importlib.util
-    import pathlib
-
-    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / f"{args.what}.py"
-    if not script.exists():
-        raise CommandError(f"the {args.what} benchmark ships with the source repository (benchmarks/{args.what}.py)")
-    spec = importlib.util.spec_from_file_location(f"scire_jax_{args.what}_benchmark", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    argv = ["--out", args.out] + (["--quick"] if args.quick else [])
-    result = module.main(argv)
-    return int(result) if isinstance(result, int) else 0
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog="scire-jax", description="SciRE-Solver and baseline diffusion samplers in JAX")
     subparsers = parser.add_subparsers(dest="command")
@@ -355,7 +294,6 @@ def build_parser():
         add_train_parser(subparsers)
     except ImportError:  # pragma: no cover - the training extra is optional
         pass
-    _add_bench_parser(subparsers)
     return parser
 
 
@@ -378,8 +316,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 raise CommandError(str(error)) from None
         if args.command == "compare":
             return run_compare(args)
-        if args.command == "bench":
-            return run_bench(args)
     except CommandError as error:
         print(f"scire-jax {args.command or 'sample'}: error: {error}", file=sys.stderr)
         return 2

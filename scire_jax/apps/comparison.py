@@ -5,14 +5,10 @@ This is what ``scire-jax compare`` runs.  Every solver and NFE starts from the s
 solvers, and the error of each against a many-step reference solution of the same network is the
 discretisation error of the sampler alone ("MSE vs ground truth" on a real network).
 
-Solvers are named by short specs, ``NAME[:FIELD=VALUE,...]`` (see :func:`solver_from_spec`)::
-
-    scire                          SciRE v1 multistep order 3, NSR grid (the default sampler)
-    scire:method=singlestep_fixed,order=2,phi=1
-    dpm                            DPM-Solver++ multistep order 3, logSNR grid
-    dpm:algorithm=dpmsolver,order=2
-    ddim                           DDIM, time-uniform grid
-    unipc:order=2,variant=bh2
+Solvers are named by the registry's specs, ``NAME[:FIELD=VALUE,...]``
+(:func:`scire_jax.core.solvers.registry.solver_from_spec`), e.g. ``scire``,
+``scire:method=singlestep_fixed,order=2,phi=1``, ``dpm:algorithm=dpmsolver,order=2``, ``ddim``,
+``unipc:order=2,variant=bh2``.
 
 Example:
     >>> import jax.numpy as jnp, scire_jax as sj
@@ -27,121 +23,23 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-import sys
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 
+from scire_jax.apps.progress import progress as progress_bar
+from scire_jax.apps.progress import step_callback
 from scire_jax.core import sampling
-from scire_jax.core.solvers import DPMSolver, SciRE, UniPC
-from scire_jax.core.solvers.scire import DDIM
+from scire_jax.core.solvers.registry import solver_from_spec
 
-__all__ = ["SOLVER_NAMES", "solver_from_spec", "solver_label", "sample_in_chunks", "compare_solvers",
-           "Comparison", "format_tables", "comparison_image"]
-
-# name -> (constructor, fixed/default fields); explicit spec fields override the defaults
-SOLVER_NAMES: Dict[str, Tuple[Callable, Dict[str, Any]]] = {
-    "scire": (SciRE, {"algorithm": "v1", "method": "multistep", "order": 3, "skip_type": "NSR"}),
-    "dpm": (DPMSolver, {"algorithm": "dpmsolver++", "method": "multistep", "order": 3, "skip_type": "logSNR"}),
-    "dpmsolver": (DPMSolver, {"algorithm": "dpmsolver", "method": "multistep", "order": 3, "skip_type": "logSNR"}),
-    "dpmsolver++": (DPMSolver, {"algorithm": "dpmsolver++", "method": "multistep", "order": 3,
-                                "skip_type": "logSNR"}),
-    "unipc": (UniPC, {"order": 3, "skip_type": "logSNR"}),
-    "ddim": (DDIM, {"skip_type": "time_uniform"}),
-}
-# fields a spec may not set: the NFE comes from the comparison, callables cannot be typed in
-_RESERVED = ("steps", "thresholding", "correct_xt")
-
-
-def _parse_value(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def solver_fields(name: str) -> List[str]:
-    """The fields a spec of solver ``name`` may set (its constructor's parameters)."""
-    constructor, _ = SOLVER_NAMES[name]
-    return [p for p in inspect.signature(constructor).parameters if p not in _RESERVED]
-
-
-def solver_from_spec(spec: str, steps: int):
-    """Build a solver from ``NAME[:FIELD=VALUE,...]`` with ``steps`` steps (the NFE budget).
-
-    Args:
-      spec: e.g. ``"scire"``, ``"scire:order=2,phi=1"``, ``"dpm:algorithm=dpmsolver"``; names are
-        the keys of :data:`SOLVER_NAMES`, fields those of the solver's constructor (``steps``
-        excluded).  Values are parsed as int, float, bool or ``none`` where they can be, else kept
-        as strings.  ``singlestep_agile`` is accepted for DPM-Solver's ``singlestep``.
-      steps: number of steps (the NFE budget; see the solver for its exact NFE).
-
-    Returns:
-      The solver (validated when its plan is built).
-
-    Raises:
-      ValueError: unknown name, malformed field or a field the solver does not have.
-    """
-    name, _, fields_text = spec.partition(":")
-    name = name.strip().lower()
-    if name not in SOLVER_NAMES:
-        raise ValueError(f"solver {spec!r} is not allowed: the name must be one of {', '.join(SOLVER_NAMES)}")
-    constructor, defaults = SOLVER_NAMES[name]
-    fields = dict(defaults)
-    allowed = solver_fields(name)
-    for item in filter(None, (part.strip() for part in fields_text.split(","))):
-        key, equals, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not equals:
-            raise ValueError(f"solver {spec!r}: field {item!r} is not allowed: write FIELD=VALUE")
-        if key not in allowed:
-            raise ValueError(f"solver {spec!r}: field {key!r} is not allowed for {name}; allowed: {', '.join(allowed)}")
-        fields[key] = _parse_value(value.strip())
-    if constructor is DPMSolver and fields.get("method") == "singlestep_agile":
-        fields["method"] = "singlestep"
-    if name in ("dpmsolver", "dpmsolver++") and fields["algorithm"] != name:
-        raise ValueError(f"solver {spec!r}: algorithm={fields['algorithm']!r} contradicts the name {name!r} "
-                         f"(use 'dpm:algorithm=...')")
-    try:
-        return constructor(steps=steps, **fields)
-    except TypeError as error:  # a field of the wrong kind
-        raise ValueError(f"solver {spec!r}: {error}") from None
-
+__all__ = ["solver_from_spec", "solver_label", "sample_in_chunks", "compare_solvers", "Comparison",
+           "format_tables", "comparison_image"]
 
 def solver_label(solver) -> str:
-    """A short human label: ``SciRE-v1 3M``, ``DPM++ 2S``, ``UniPC-3``, ``DDIM``."""
-    if isinstance(solver, SciRE):
-        if solver.order == 1 and solver.method == "multistep" and solver.algorithm == "v1":
-            return "DDIM"
-        kind = {"multistep": "M", "singlestep_agile": "S", "singlestep_fixed": "SF"}[solver.method]
-        phi = "" if solver.phi == "official" else f" phi={solver.phi:g}"
-        return f"SciRE-{solver.algorithm} {solver.order}{kind}{phi}"
-    if isinstance(solver, DPMSolver):
-        kind = {"multistep": "M", "singlestep": "S", "singlestep_fixed": "SF"}[solver.method]
-        return f"{'DPM++' if solver.algorithm == 'dpmsolver++' else 'DPM'} {solver.order}{kind}"
-    if isinstance(solver, UniPC):
-        return f"UniPC-{solver.order}"
-    return type(solver).__name__
-
-
-def _progress_line(done: int, total: int, started: float, label: str, stream) -> None:
-    width = 24
-    filled = int(width * done / total)
-    elapsed = time.perf_counter() - started
-    rate = f"{done / elapsed:.1f} samples/s" if done and elapsed > 0 else ""
-    end = "\n" if done == total or not stream.isatty() else "\r"
-    stream.write(f"{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate}{end}")
-    stream.flush()
+    """A short human label (``SciRE-v1 3M``, ``DPM++ 2S``, ``UniPC-3``, ``DDIM``): ``solver.label()``."""
+    return solver.label()
 
 
 def sample_in_chunks(sample_fn: Callable, params, key, shape: Sequence[int], batch_size: Optional[int] = None,
@@ -158,7 +56,8 @@ def sample_in_chunks(sample_fn: Callable, params, key, shape: Sequence[int], bat
       params, key: as for ``sample_fn``.
       shape: full output shape ``(n, ...)``.
       batch_size: chunk size (default: ``n``, one chunk).
-      progress: a label: print a progress bar with samples/s to ``stream`` (default stderr).
+      progress: a label: show a progress bar (samples, samples/s) on ``stream`` (default stderr;
+        shown on a terminal or when forced, see :func:`scire_jax.apps.progress.progress`).
 
     Returns:
       numpy array of ``shape``.
@@ -166,14 +65,12 @@ def sample_in_chunks(sample_fn: Callable, params, key, shape: Sequence[int], bat
     count = int(shape[0])
     batch = count if batch_size is None else min(int(batch_size), count)
     compiled = jax.jit(sample_fn, static_argnums=2)
-    stream = sys.stderr if stream is None else stream
     chunks = []
-    started = time.perf_counter()
-    for first in range(0, count, batch):
-        chunk = np.asarray(compiled(params, key, (batch,) + tuple(shape[1:]), first))
-        chunks.append(chunk[:min(batch, count - first)])
-        if progress is not None:
-            _progress_line(min(first + batch, count), count, started, progress, stream)
+    with progress_bar(count, progress, "sample", True if progress is None else None, file=stream) as bar:
+        for first in range(0, count, batch):
+            chunk = np.asarray(compiled(params, key, (batch,) + tuple(shape[1:]), first))
+            chunks.append(chunk[:min(batch, count - first)])
+            bar.update(len(chunks[-1]))
     return np.concatenate(chunks, axis=0)
 
 
@@ -219,7 +116,9 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
       reference_steps: steps of the reference solution (by ``reference_spec``); its own error is
         estimated by the same solver at ``reference_steps // 2`` (``reference_self_error``).
       with_metrics: compute :func:`scire_jax.apps.metrics.sample_metrics` (16x16x1 digit models only).
-      progress: print one progress bar per run to ``stream`` (default stderr).
+      progress: show a progress bar per run on ``stream`` (default stderr; on a terminal, or when
+        forced by ``SCIRE_JAX_PROGRESS=1``): samples per chunk, and solver steps for the reference
+        solves (on one device).
       mesh: optional batch mesh (:func:`scire_jax.batch_mesh`): shard every chunk over its devices
         (``batch_size`` must then be a multiple of the device count).
 
@@ -253,20 +152,28 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
     if error_num < 1:
         raise ValueError(f"error_num={error_num} is not allowed: it must be >= 1")
 
-    def run(solver, label, count=num):
-        sample_fn = sampling.make_sampler(solver, schedule, noise_fn, mesh=mesh)
+    def run(solver, label, count=num, per_step=False):
+        """Sample ``count`` with ``solver``; ``per_step``: the bar counts solver steps (long solves)."""
         started = time.perf_counter()
-        batch = None if batch_size is None else min(batch_size, count)
-        if batch is not None and mesh is not None:
+        batch = count if batch_size is None else min(batch_size, count)
+        if mesh is not None:
             batch = -(-batch // mesh.size) * mesh.size
-        x = sample_in_chunks(sample_fn, params, key, (count,) + tuple(shape), batch,
-                             progress=label if progress else None, stream=stream)
+        if per_step and mesh is None:  # ordered per-step host callbacks: one device
+            steps = sampling.plan(solver, schedule).num_steps * -(-count // batch)
+            with progress_bar(steps, label, "step", None if progress else True, file=stream) as bar:
+                callback = None if bar.disable else step_callback(bar)
+                sample_fn = sampling.make_sampler(solver, schedule, noise_fn, callback=callback)
+                x = sample_in_chunks(sample_fn, params, key, (count,) + tuple(shape), batch)
+        else:
+            sample_fn = sampling.make_sampler(solver, schedule, noise_fn, mesh=mesh)
+            x = sample_in_chunks(sample_fn, params, key, (count,) + tuple(shape), batch,
+                                 progress=label if progress else None, stream=stream)
         return x, time.perf_counter() - started
 
     reference_label = f"{solver_label(reference_solver)} x{sampling.plan(reference_solver, schedule).nfe}"
-    reference, _ = run(reference_solver, reference_label, error_num)
+    reference, _ = run(reference_solver, reference_label, error_num, per_step=True)
     check, _ = run(check_solver, f"{solver_label(check_solver)} x{sampling.plan(check_solver, schedule).nfe}",
-                   error_num)
+                   error_num, per_step=True)
     result = Comparison(list(specs), {}, [int(b) for b in budgets], {}, {}, {}, {}, {}, reference,
                         reference_label, _errors(check, reference),
                         score(reference) if score and error_num == num else {})

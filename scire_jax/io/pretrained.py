@@ -1,4 +1,4 @@
-"""Load a pretrained denoiser: ``apply_fn, params, schedule, prediction = load_pretrained(path)``.
+"""Load a pretrained denoiser: ``model = load_pretrained(path)``, a :class:`Pretrained` record.
 
 ``path`` may be
 
@@ -10,26 +10,77 @@
 * a diffusers ``UNet2DModel`` folder (``config.json`` + weights, or a pipeline folder with
   ``unet/``) with a ``scheduler_config.json`` (beside it or in ``scheduler/``).
 
-``apply_fn(params, x, t_input, *cond)`` runs the UNet on NHWC ``x`` at network time ``t_input``
-(shape ``(batch,)`` or scalar); ``cond``, if given, is the class label array.  ``prediction`` is
-``"noise"``, ``"x_start"`` or ``"v"``.  ``params`` is always the variables dict ``{"params": ...}``.
+The record holds everything a sampler needs without guessing: ``apply_fn(params, x, t_input,
+*cond)`` (NHWC ``x`` at network time ``t_input``; ``cond``, if any, the class labels), ``params``
+(the variables dict ``{"params": ...}``), the ``schedule``, the ``prediction`` (``"noise"``,
+``"x_start"`` or ``"v"``), the ``sample_shape`` of one sample and the conditioning it takes.
+
+Example:
+    >>> import jax, scire_jax as sj
+    >>> model = sj.load_pretrained("mnist")
+    >>> model.sample_shape, model.conditioning
+    ((16, 16, 1), 'none')
+    >>> sample_fn = sj.make_sampler(sj.SciRE(steps=10), model.schedule, model.noise_fn())
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scire_jax.io import checkpoints
 from scire_jax.core import schedules
+from scire_jax.core.wrapping import wrap_model
+from scire_jax.io import checkpoints
 from scire_jax.models.unet2d import UNet2D
 
-__all__ = ["PRETRAINED", "load_pretrained", "resolve_path", "make_apply_fn"]
+__all__ = ["PRETRAINED", "CONDITIONINGS", "Pretrained", "load_pretrained", "resolve_path", "make_apply_fn"]
+
+#: what a model's ``apply_fn`` takes besides ``(params, x, t_input)``
+CONDITIONINGS = ("none", "class", "text")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pretrained:
+    """A loaded denoiser and everything needed to sample it.
+
+    Attributes:
+      apply_fn: ``apply_fn(params, x, t_input, *cond) -> prediction`` (NHWC ``x``).
+      params: the network variables (uncommitted arrays: usable on one device or under a mesh).
+      schedule: the noise schedule the model was trained with.
+      prediction: ``"noise"``, ``"x_start"`` or ``"v"``.
+      sample_shape: shape of one sample, ``(height, width, channels)``.
+      conditioning: ``"none"``, ``"class"`` (``cond`` = int labels of shape ``(batch,)``) or ``"text"``.
+      num_classes: number of classes for ``"class"`` conditioning, else None.
+      time_input: the network time convention (None: the schedule's default).
+      family: the architecture family (``"unet2d"``, ...).
+      source: the name or path it was loaded from.
+    """
+
+    apply_fn: Callable
+    params: Any
+    schedule: Any
+    prediction: str
+    sample_shape: Tuple[int, ...]
+    conditioning: str = "none"
+    num_classes: Optional[int] = None
+    time_input: Optional[str] = None
+    family: str = "unet2d"
+    source: str = ""
+
+    def noise_fn(self, guidance=None, network_dtype=None):
+        """``sj.wrap_model(apply_fn, schedule, prediction, time_input, guidance, network_dtype=...)``."""
+        return wrap_model(self.apply_fn, self.schedule, prediction=self.prediction, time_input=self.time_input,
+                          guidance=guidance, network_dtype=network_dtype)
+
+    def __repr__(self):
+        return (f"Pretrained(family={self.family!r}, sample_shape={self.sample_shape}, prediction={self.prediction!r}, "
+                f"conditioning={self.conditioning!r}, schedule={self.schedule!r}, source={self.source!r})")
 
 # short name -> asset directory relative to the ``scire_jax`` package (e.g. "assets/mnist").
 PRETRAINED: Dict[str, str] = {"mnist": "assets/mnist"}  # embedded 16x16 MNIST model (docs/embedded_model.md)
@@ -81,18 +132,31 @@ def _schedule_from_checkpoint(config: Dict[str, Any], extra: Dict[str, Any], whe
     return schedules.discrete(betas=np.asarray(betas, dtype=np.float64)), prediction
 
 
-def load_pretrained(name_or_path, dtype=None) -> Tuple[Callable, Any, schedules.DiscreteSchedule, str]:
-    """``(apply_fn, params, schedule, prediction)`` of a registered name, checkpoint or diffusers folder.
+def _unet2d_record(module: UNet2D, params, schedule, prediction: str, source) -> Pretrained:
+    if module.sample_size is None:
+        raise ValueError(f"model {str(source)!r}: its config has no sample_size, so the sample shape is unknown")
+    size = module.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    num_classes = module.num_class_embeds
+    return Pretrained(make_apply_fn(module), params, schedule, prediction, (int(height), int(width),
+                      int(module.in_channels)), "class" if num_classes else "none", num_classes, None, "unet2d",
+                      str(source))
+
+
+def load_pretrained(name_or_path, dtype=None) -> Pretrained:
+    """The :class:`Pretrained` record of a registered name, checkpoint or diffusers folder.
 
     Args:
       name_or_path: see the module docstring.
       dtype: computation dtype of the network (parameters stay float32).
 
     Returns:
-      The network ``apply_fn(params, x, t)``, its parameters (uncommitted arrays, usable on one
-      device or under a mesh), the :class:`~scire_jax.core.schedules.DiscreteSchedule` and the
-      prediction type (``"noise"``, ``"x_start"`` or ``"v"``).
+      A :class:`Pretrained`: ``apply_fn``, ``params`` (uncommitted arrays), ``schedule``,
+      ``prediction``, ``sample_shape`` and conditioning.
     """
+    if not isinstance(name_or_path, (str, Path)):
+        raise ValueError(f"name_or_path={name_or_path!r} is not allowed: give a registered name "
+                         f"({', '.join(sorted(PRETRAINED))}) or a path")
     path = resolve_path(name_or_path)
     if not path.is_dir():
         known = f"; registered names: {sorted(PRETRAINED)}" if PRETRAINED else ""
@@ -106,7 +170,7 @@ def load_pretrained(name_or_path, dtype=None) -> Tuple[Callable, Any, schedules.
         # restored arrays are committed to one device, which a sampler sharded over a mesh rejects;
         # uncommitted copies follow whatever sharding the jitted sampler asks for
         params = jax.tree_util.tree_map(lambda leaf: jnp.asarray(np.asarray(leaf)), params)
-        return make_apply_fn(module), params, schedule, prediction
+        return _unet2d_record(module, params, schedule, prediction, name_or_path)
     from scire_jax.io.convert.from_diffusers import convert_diffusers, find_scheduler_config, find_unet_folder
     from scire_jax.io.convert.scheduler import schedule_from_scheduler_config
 
@@ -117,5 +181,5 @@ def load_pretrained(name_or_path, dtype=None) -> Tuple[Callable, Any, schedules.
     schedule, prediction = schedule_from_scheduler_config(scheduler_config)
     module, params, _ = convert_diffusers(unet_folder, dtype=dtype)
     params = jax.tree_util.tree_map(jnp.asarray, params)
-    return make_apply_fn(module), params, schedule, prediction
+    return _unet2d_record(module, params, schedule, prediction, name_or_path)
 

@@ -94,8 +94,9 @@ print("ok sharded chunks")
 import tempfile  # noqa: E402
 
 # parameters restored from a checkpoint work under a mesh as they come (uncommitted arrays)
-apply_fn, mnist_params, mnist_schedule, _ = sj.load_pretrained("mnist")
-mnist_fn = sj.make_sampler(sj.DDIM(steps=2), mnist_schedule, sj.wrap_model(apply_fn, mnist_schedule), mesh=mesh)
+mnist = sj.load_pretrained("mnist")
+mnist_params, mnist_schedule = mnist.params, mnist.schedule
+mnist_fn = sj.make_sampler(sj.DDIM(steps=2), mnist_schedule, mnist.noise_fn(), mesh=mesh)
 assert jax.jit(mnist_fn, static_argnums=2)(mnist_params, key, (8, 16, 16, 1)).shape == (8, 16, 16, 1)
 print("ok restored params under a mesh")
 

@@ -21,9 +21,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from scire_jax.core.solvers.base import Solver
+from scire_jax.core.solvers.deis import DEIS
 from scire_jax.core.solvers.dpm import DPMSolver
 from scire_jax.core.solvers.scire import SciRE
 from scire_jax.core.solvers.unipc import UniPC
@@ -46,6 +47,7 @@ class SolverEntry:
     fixed: Mapping[str, Any]
     label: str
     description: str = ""
+    fields: Optional[Tuple[str, ...]] = None  # the fields a spec may set (None: every non-reserved field)
 
     def make(self, steps: int, **fields) -> Solver:
         for key, value in self.fixed.items():
@@ -62,11 +64,13 @@ RESERVED_FIELDS = ("steps", "times", "thresholding", "correct_xt")
 
 
 def register(name: str, cls: Type[Solver], defaults: Mapping[str, Any] = (), label: str = "",
-             description: str = "", fixed: Mapping[str, Any] = ()) -> SolverEntry:
+             description: str = "", fixed: Mapping[str, Any] = (), fields: Optional[Sequence[str]] = None
+             ) -> SolverEntry:
     """Add ``name`` to :data:`REGISTRY` with its default and fixed fields."""
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise ValueError(f"register({name!r}, {cls!r}): the class must derive from scire_jax.core.solvers.base.Solver")
-    entry = SolverEntry(name, cls, dict(defaults), dict(fixed), label or cls.__name__, description)
+    entry = SolverEntry(name, cls, dict(defaults), dict(fixed), label or cls.__name__, description,
+                        None if fields is None else tuple(fields))
     REGISTRY[name] = entry
     return entry
 
@@ -86,6 +90,8 @@ def get_solver(name: str) -> SolverEntry:
 def solver_fields(name: str) -> List[str]:
     """The fields a spec of solver ``name`` may set (the dataclass fields, reserved ones excluded)."""
     entry = get_solver(name)
+    if entry.fields is not None:
+        return list(entry.fields)
     return [f.name for f in dataclasses.fields(entry.cls) if f.name not in RESERVED_FIELDS]
 
 
@@ -157,4 +163,6 @@ register("dpmsolver++", DPMSolver, {"order": 3}, "DPM-Solver++", "DPM-Solver++ (
          fixed={"algorithm": "dpmsolver++"})
 register("unipc", UniPC, {"order": 3}, "UniPC", "UniPC predictor-corrector bh1/bh2 (default: bh2, order 3, logSNR)")
 register("ddim", SciRE, {"skip_type": "time_uniform"}, "DDIM", "DDIM (eta = 0), time-uniform grid",
-         fixed={"algorithm": "v1", "method": "multistep", "order": 1})
+         fixed={"algorithm": "v1", "method": "multistep", "order": 1},
+         fields=("skip_type", "t_start", "t_end", "denoise_to_zero", "nsr_shift"))
+register("deis", DEIS, {"order": 3}, "DEIS", "DEIS multistep, logrho (as diffusers), orders 1-3 (default: 3, logSNR)")
