@@ -1,9 +1,19 @@
-"""The accuracy atlas (issue 3): RMS error of every shipped solver against the exact ODE solution.
+"""The accuracy atlas (issue 3): RMS error of every registered solver against the exact ODE solution.
 
-    python benchmarks/accuracy.py             # default grid (the whole grid of issue 3), ~3 min on 2 CPU cores
-    python benchmarks/accuracy.py --quick     # CI grid: 2 problems, 1 schedule, 3 NFE, 5 configurations (< 60 s)
-    python benchmarks/accuracy.py --full      # default + karras, singlestep_fixed DPM, taylor, UniPC noise, cosine (~5 min)
-    python benchmarks/accuracy.py --out DIR   # where the outputs go (default: docs/)
+    python benchmarks/accuracy.py             # default grid (the whole grid of issue 3), ~3-4 min on 2 CPU cores
+    python benchmarks/accuracy.py --quick     # CI grid: 2 problems, 1 schedule, 3 NFE, every family's default (< 60 s)
+    python benchmarks/accuracy.py --full      # default + karras, singlestep_fixed DPM, taylor, UniPC noise, cosine
+    python benchmarks/accuracy.py --out DIR   # where the outputs go (default: the current directory)
+
+Needs ``diffrax`` (the mixtures' ground truth) and uses ``matplotlib`` for the plot if present:
+``pip install -e ".[bench]"``.
+
+Solvers: every family of the solver registry (``scire_jax.core.solvers.registry.REGISTRY``; registry
+names that build the same default solver, like ``dpm`` and ``dpmsolver++``, are one family).  A
+family's configurations are its sweep in :data:`SWEEPS` (axes of field values and a label format,
+keyed by registry name); a registered solver without a sweep gets :func:`default_sweep`: its
+registry defaults at every order it accepts.  A newly registered solver therefore appears in the
+atlas, its plot and its tables without editing this file.
 
 Problems (analytic data, so the exact noise prediction and the exact probability-flow ODE are known):
 ``gauss2`` (Gaussian 2-D), ``gauss16`` (Gaussian 16-D, stds 0.05..2), ``gmm5`` (5-D mixture, K=4,
@@ -16,131 +26,217 @@ Dopri8, rtol = atol = 1e-12, x64) for mixtures, computed once per problem and sc
 runs with ``steps`` = the NFE budget; the *true* NFE of ``sj.plan(...).nfe`` is recorded
 (``singlestep_fixed`` may use fewer); configurations whose plan raises ``ValueError`` are skipped.
 
-How it stays fast (thousands of solves; one XLA compile costs ~0.5-2 s on these CPUs):
+How it stays fast (thousands of solves; one XLA compile costs ~0.5-2 s on these CPUs), using only the
+library's public pieces:
 
-* The plans are built by the library (``sj.plan``) on the host.  Plans with the same *structure*
-  (segment kinds and lengths; coefficient values may differ) are run by ONE compiled function that
-  takes the plan's coefficient arrays as traced arguments and is ``jax.vmap``-ed over the
-  configurations, through the library's executor ``scire_jax.core.plans.execute_plan`` -- exactly what
-  ``sj.solve`` runs, minus the plan baked in as constants.  Static zero-masks are OR-ed over the group
-  and shorter histories are zero-padded (both exact: a zero coefficient times a finite value is 0).
-* The four problems are solved at once as one block-diagonal problem (their states concatenated):
-  every solver is linear in the state with x-independent coefficients, so each block evolves exactly
-  as if solved alone.  The model gets ``alpha``, ``sigma`` from the plan (``noise_fn.noise``).
-* The schedules are part of the coefficient arrays, so both schedules share a compile too.
-* A cross-check re-solves a few configurations with the public ``sj.solve`` +
-  ``analytic.model_fn`` per problem and reports the largest difference (float64 round-off expected).
+* The plans are built by the library (``sj.plan``) on the host.  Plans are grouped by
+  ``scire_jax.core.plans.stacking_key``, stacked by ``stack_plans`` (exact history / length padding,
+  union of the masks) and every group runs as ONE compiled call
+  ``jax.jit(jax.vmap(lambda p: sj.execute(p, noise_fn, None, x_start)))(stacked)`` -- the public
+  executor ``sj.solve`` runs.
+* The four problems are solved at once as one :class:`scire_jax.models.analytic.Product` (their
+  states concatenated; each block's noise is its own model's formula): every solver is linear in
+  the state with x-independent coefficients, so each block evolves as if solved alone.  The model
+  is ``analytic.coefficient_model_fn``: it takes ``alpha``, ``sigma`` from the plan
+  (``noise_fn.noise``), so one compile serves every schedule too.
+* A cross-check re-solves a few configurations with the public ``sj.solve`` + ``analytic.model_fn``
+  per problem and reports the largest difference (float64 round-off expected).
 
-``run_atlas(grid, out_dir) -> rows`` is the entry point for ``scire-jax bench accuracy``.
+Python API: ``run_atlas(grid, out_dir) -> rows`` (``grid``: a name of :data:`GRIDS` or a :class:`Grid`),
+``solver_configs(grid, steps)``, ``solve_plans(plans, noise_fn, x_start)``, ``best_per_nfe(rows)``,
+``overall_ranking(rows)``; ``main(argv)`` is the command line.
 """
 
 import argparse
 import collections
 import csv
 import dataclasses
+import itertools
 import json
 import math
 import pathlib
 import sys
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
-
 PHIS = {"official": "official", "2/3": 2.0 / 3.0, "1-1/e": 1.0 - math.exp(-1.0), "1": 1.0}
-FAMILIES = ("SciRE", "DDIM", "DPM-Solver", "DPM-Solver++", "UniPC")
 CSV_FIELDS = ("problem", "schedule", "budget", "nfe", "family", "solver", "algorithm", "method", "order",
               "skip_type", "phi", "rms_error")
+MISSING_DIFFRAX = 'benchmarks/accuracy.py needs diffrax for the ground truth: pip install -e ".[bench]"'
 
 PROBLEM_TEXT = {"gauss2": "Gaussian 2-D", "gauss16": "Gaussian 16-D, stds 0.05..2",
                 "gmm5": "5-D diagonal mixture, K=4, stds 0.1..0.5", "img_gmm": "3x8x8 image-shaped mixture, K=2, std 0.1"}
 SCHEDULE_TEXT = {"ddpm": "discrete, betas linspace(1e-4, 0.02, 1000)", "linear_vp": "continuous linear VP, beta 0.1..20",
                  "cosine": "cosine, s = 0.008"}
 
-# Solvers drawn in the error-vs-NFE plot (when present in the grid).
-PLOT_SOLVERS = (
-    "DDIM time_uniform",
-    "SciRE-v1 multistep o3 NSR phi=official",
-    "SciRE-v1 multistep o3 NSR phi=1",
-    "SciRE-v2 multistep o3 NSR phi=official",
-    "SciRE-v1 singlestep_agile o3 NSR phi=official",
-    "DPM-Solver++ multistep o2 logSNR",
-    "DPM-Solver++ multistep o3 logSNR",
-    "DPM-Solver singlestep o3 logSNR",
-    "UniPC-bh1 o3 logSNR",
-    "UniPC-bh2 o3 logSNR",
-)
-# The recommended/default configuration of each family (compared head to head in the summary).
-DEFAULTS = {
-    "SciRE": "SciRE-v1 multistep o3 NSR phi=official",
-    "SciRE (phi=1)": "SciRE-v1 multistep o3 NSR phi=1",
-    "DPM-Solver++": "DPM-Solver++ multistep o3 logSNR",
-    "UniPC": "UniPC-bh2 o3 logSNR",
-    "DDIM": "DDIM time_uniform",
+#: registry name of the solver the atlas is about (the tables compare it with every other family)
+FOCUS = "scire"
+
+# -- the solver grid, from the registry --------------------------------------------------------------
+#
+# A *selector* names configurations without spelling labels: "default" (every family's registry
+# default), a registry name (that family's default) or ``(name, {field: value})`` (the registry
+# default with those fields).  It resolves to the label of the configuration with an equal solver.
+
+Selector = Union[str, Tuple[str, Mapping[str, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """The configurations of one registered solver.
+
+    Attributes:
+      axes: ``(field, names)`` pairs in loop order (outermost first); every combination is one
+        configuration, built with the registry (``entry.make(steps, **fields)``; ``ValueError`` skips it).
+      label: format of a configuration's label: ``{family}`` (the registry label), the axes' names
+        and any field of the solver (``{method}``, ``{order}``, ``{skip_type}``, ...).
+      values: ``field -> {name: value}`` where a name is not the field value itself (phi "2/3").
+      display: ``field -> {name: text}`` where the label shows a name differently ("" hides it).
+      exclude: ``exclude(names) -> bool`` drops redundant combinations.
+      order_note: appended to the nominal order in the empirical-order table.
+    """
+
+    axes: Tuple[Tuple[str, Tuple[Any, ...]], ...]
+    label: str = "{family} {method} o{order} {skip_type}"
+    values: Mapping[str, Mapping[Any, Any]] = dataclasses.field(default_factory=dict)
+    display: Mapping[str, Mapping[Any, str]] = dataclasses.field(default_factory=dict)
+    exclude: Optional[Callable[[Dict[str, Any]], bool]] = None
+    order_note: str = ""
+
+    def replace_axes(self, **axes) -> "Sweep":
+        """The sweep with some axes' names replaced (order of the axes kept)."""
+        unknown = set(axes) - {field for field, _ in self.axes}
+        if unknown:
+            raise ValueError(f"unknown axes {sorted(unknown)}")
+        return dataclasses.replace(self, axes=tuple((field, tuple(axes.get(field, names))) for field, names in self.axes))
+
+
+def _dpm_redundant(names) -> bool:
+    # order 1 once (multistep: = DDIM in the family's variables); solver_type only matters from order 2
+    return names["order"] == 1 and (names["method"] != "multistep" or names["solver_type"] != "dpmsolver")
+
+
+_DPM = Sweep(axes=(("method", ("multistep", "singlestep")), ("order", (1, 2, 3)), ("skip_type", ("logSNR", "time_uniform")),
+                   ("solver_type", ("dpmsolver",))),
+             label="{family} {method} o{order} {skip_type}{solver_type}",
+             display={"solver_type": {"dpmsolver": "", "taylor": " taylor"}}, exclude=_dpm_redundant)
+
+#: per registry name (in table order); registered solvers not listed get :func:`default_sweep`
+SWEEPS: Dict[str, Sweep] = {
+    "scire": Sweep(  # order 1 of every method is DDIM (the DDIM rows)
+        axes=(("algorithm", ("v1", "v2")), ("method", ("multistep", "singlestep_agile", "singlestep_fixed")),
+              ("order", (2, 3)), ("skip_type", ("NSR", "time_uniform", "time_quadratic", "logSNR")),
+              ("phi", ("official", "2/3", "1-1/e", "1"))),
+        label="{family}-{algorithm} {method} o{order} {skip_type} phi={phi}", values={"phi": PHIS}),
+    "ddim": Sweep(axes=(("skip_type", ("time_uniform", "NSR", "time_quadratic", "logSNR")),), label="{family} {skip_type}"),
+    "dpmsolver": _DPM,
+    "dpmsolver++": _DPM,
+    "unipc": Sweep(axes=(("variant", ("bh1", "bh2")), ("order", (1, 2, 3)), ("skip_type", ("logSNR", "time_uniform")),
+                         ("prediction", ("data",))),
+                   label="{family}-{variant} o{order} {skip_type}{prediction}",
+                   display={"prediction": {"data": "", "noise": " noise"}}, order_note="+1 (corrector)"),
 }
 
+_FULL_SWEEPS = {
+    "scire": SWEEPS["scire"].replace_axes(skip_type=("NSR", "time_uniform", "time_quadratic", "logSNR", "karras")),
+    "ddim": SWEEPS["ddim"].replace_axes(skip_type=("time_uniform", "NSR", "time_quadratic", "logSNR", "karras")),
+    **{name: _DPM.replace_axes(method=("multistep", "singlestep", "singlestep_fixed"),
+                               skip_type=("logSNR", "time_uniform", "time_quadratic"), solver_type=("dpmsolver", "taylor"))
+       for name in ("dpmsolver", "dpmsolver++")},
+    "unipc": SWEEPS["unipc"].replace_axes(skip_type=("logSNR", "time_uniform", "time_quadratic", "NSR"),
+                                          prediction=("data", "noise")),
+}
 
-# -- the grid --------------------------------------------------------------------------------------
+#: drawn in the error-vs-NFE plot and the empirical-order table (when present in the grid)
+PLOT: Tuple[Selector, ...] = (
+    "default", (FOCUS, {"phi": 1.0}), (FOCUS, {"algorithm": "v2"}), (FOCUS, {"method": "singlestep_agile"}),
+    ("dpmsolver++", {"order": 2}), ("dpmsolver", {"method": "singlestep"}), ("unipc", {"variant": "bh1"}),
+)
+#: the focus' variant compared head to head with the families' defaults (besides its default)
+FOCUS_VARIANT = ("phi=1", {"phi": 1.0})
+_PROBE_STEPS = 20  # steps of the solvers compared to find a family's configurations by equality
+
+
+def default_sweep(entry) -> Sweep:
+    """A registered solver without a sweep: its registry defaults at every order it accepts."""
+    from scire_jax.core.solvers import base
+
+    orders = (entry.fixed["order"],) if "order" in entry.fixed else tuple(getattr(entry.cls, "orders", base.ORDERS))
+    return Sweep(axes=(("order", orders),))
+
+
+def registry_families(names: Optional[Sequence[str]] = None, sweeps: Mapping[str, Sweep] = SWEEPS) -> List[Tuple[str, Any]]:
+    """``[(registry name, entry)]`` of the families: :data:`SWEEPS` order, then the registry's.
+
+    Registry names whose default solvers are equal (``dpm`` = ``dpmsolver++``) are one family: the
+    one with a sweep, else the most specific (most fixed fields), is kept.  ``names`` limits the
+    families (None: all registered).
+    """
+    from scire_jax.core.solvers.registry import REGISTRY
+
+    chosen: Dict[Any, str] = {}
+    for name, entry in REGISTRY.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                key = entry.make(_PROBE_STEPS)
+        except (TypeError, ValueError):
+            key = name
+        if key in chosen:
+            other = REGISTRY[chosen[key]]
+            if (name in sweeps, len(entry.fixed)) <= (chosen[key] in sweeps, len(other.fixed)):
+                continue
+        chosen[key] = name
+    kept = set(chosen.values())
+    order = [name for name in sweeps if name in kept] + [name for name in REGISTRY if name in kept and name not in sweeps]
+    return [(name, REGISTRY[name]) for name in order if names is None or name in names]
 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """What the atlas covers.  ``--quick``, the default and ``--full`` are :data:`GRIDS`."""
+    """What the atlas covers.  ``--quick``, the default and ``--full`` are :data:`GRIDS`.
+
+    ``families``: registry names to run (None: every registered family); ``sweeps``: per registry
+    name, its configurations (others: :func:`default_sweep`); ``only``: keep only these selectors
+    (see ``Selector``) or labels; ``crosscheck``: selectors re-solved with ``sj.solve`` at
+    ``crosscheck_nfe`` (the first on every schedule, the others on the first schedule).
+    """
 
     name: str
     problems: Tuple[str, ...] = ("gauss2", "gauss16", "gmm5", "img_gmm")
     schedules: Tuple[str, ...] = ("ddpm", "linear_vp")
     nfes: Tuple[int, ...] = (5, 6, 8, 10, 12, 15, 20, 25, 50, 100)
-    families: Tuple[str, ...] = FAMILIES
-    scire_algorithms: Tuple[str, ...] = ("v1", "v2")
-    scire_methods: Tuple[str, ...] = ("multistep", "singlestep_agile", "singlestep_fixed")
-    scire_orders: Tuple[int, ...] = (2, 3)  # order 1 of every method is DDIM (the DDIM rows)
-    scire_skips: Tuple[str, ...] = ("NSR", "time_uniform", "time_quadratic", "logSNR")
-    scire_phis: Tuple[str, ...] = ("official", "2/3", "1-1/e", "1")
-    ddim_skips: Tuple[str, ...] = ("time_uniform", "NSR", "time_quadratic", "logSNR")
-    dpm_methods: Tuple[str, ...] = ("multistep", "singlestep")
-    dpm_orders: Tuple[int, ...] = (1, 2, 3)  # order 1 only once (multistep): = DDIM in that family's variables
-    dpm_skips: Tuple[str, ...] = ("logSNR", "time_uniform")
-    dpm_solver_types: Tuple[str, ...] = ("dpmsolver",)
-    unipc_variants: Tuple[str, ...] = ("bh1", "bh2")
-    unipc_orders: Tuple[int, ...] = (1, 2, 3)
-    unipc_skips: Tuple[str, ...] = ("logSNR", "time_uniform")
-    unipc_predictions: Tuple[str, ...] = ("data",)
-    only: Optional[Tuple[str, ...]] = None  # keep only these labels (quick grid)
+    families: Optional[Tuple[str, ...]] = None
+    sweeps: Mapping[str, Sweep] = dataclasses.field(default_factory=lambda: dict(SWEEPS))
+    only: Optional[Tuple[Selector, ...]] = None
     batch: int = 16
     seed: int = 0
     reference_tol: float = 1e-12
-    crosscheck: Tuple[str, ...] = ()  # labels re-solved with sj.solve (at the crosscheck NFE, every schedule/problem)
+    crosscheck: Tuple[Selector, ...] = ()
     crosscheck_nfe: int = 10
     check_reference: bool = True  # diffrax reference vs the closed form on gauss16 (validates the ground truth)
 
 
-_CROSSCHECK = ("SciRE-v1 multistep o3 NSR phi=official", "SciRE-v2 singlestep_agile o3 time_quadratic phi=2/3",
-               "DPM-Solver++ multistep o3 logSNR", "UniPC-bh2 o3 logSNR", "DDIM time_uniform")
+_CROSSCHECK = ("default", (FOCUS, {"algorithm": "v2", "method": "singlestep_agile", "skip_type": "time_quadratic",
+                                   "phi": PHIS["2/3"]}))
 
 GRIDS: Dict[str, Grid] = {
     "quick": Grid(
         name="quick", problems=("gauss16", "gmm5"), schedules=("ddpm",), nfes=(5, 10, 20),
-        only=("DDIM time_uniform", "SciRE-v1 multistep o3 NSR phi=official", "SciRE-v2 singlestep_agile o2 NSR phi=official",
-              "DPM-Solver++ multistep o3 logSNR", "UniPC-bh2 o3 logSNR"),
-        reference_tol=1e-10, crosscheck=("SciRE-v1 multistep o3 NSR phi=official",), check_reference=False),
+        only=("default", (FOCUS, {"algorithm": "v2", "method": "singlestep_agile", "order": 2})),
+        reference_tol=1e-10, crosscheck=(FOCUS,), check_reference=False),
     "default": Grid(name="default", crosscheck=_CROSSCHECK),
-    "full": Grid(
-        name="full", schedules=("ddpm", "linear_vp", "cosine"),
-        scire_skips=("NSR", "time_uniform", "time_quadratic", "logSNR", "karras"),
-        ddim_skips=("time_uniform", "NSR", "time_quadratic", "logSNR", "karras"),
-        dpm_methods=("multistep", "singlestep", "singlestep_fixed"), dpm_skips=("logSNR", "time_uniform", "time_quadratic"),
-        dpm_solver_types=("dpmsolver", "taylor"), unipc_skips=("logSNR", "time_uniform", "time_quadratic", "NSR"),
-        unipc_predictions=("data", "noise"), crosscheck=_CROSSCHECK),
+    "full": Grid(name="full", schedules=("ddpm", "linear_vp", "cosine"), sweeps={**SWEEPS, **_FULL_SWEEPS},
+                 crosscheck=_CROSSCHECK),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    family: str
+    family: str  # the registry label (CSV column "family")
     label: str
     solver: object
     algorithm: str
@@ -148,72 +244,96 @@ class Config:
     order: int
     skip_type: str
     phi: str = ""
+    name: str = ""  # the registry name
+
+
+def _configs(grid: Grid, steps: int) -> List[Config]:
+    out: List[Config] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # singlestep_fixed with steps % order != 0 warns (true NFE is recorded)
+        for name, entry in registry_families(grid.families, grid.sweeps):
+            sweep = grid.sweeps.get(name) or default_sweep(entry)
+            fields_order = [field for field, _ in sweep.axes]
+            for combination in itertools.product(*(names for _, names in sweep.axes)):
+                names = dict(zip(fields_order, combination))
+                if sweep.exclude is not None and sweep.exclude(names):
+                    continue
+                fields = {field: sweep.values.get(field, {}).get(value, value) for field, value in names.items()}
+                try:
+                    solver = entry.make(steps, **fields)
+                except (TypeError, ValueError):
+                    continue
+                text = {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)}
+                text.update({field: sweep.display.get(field, {}).get(value, value) for field, value in names.items()})
+                label = sweep.label.format(family=entry.label, **text)
+                algorithm = names.get("algorithm", names.get("variant", name))
+                out.append(Config(entry.label, label, solver, str(algorithm), str(solver.method), int(solver.order),
+                                  str(solver.skip_type), str(names.get("phi", "")), name))
+    return out
+
+
+def resolve(grid: Grid, selectors: Sequence[Selector], configs: Optional[List[Config]] = None) -> List[Tuple[str, str]]:
+    """``[(display name, label)]`` of the configurations the selectors name (absent ones are left out).
+
+    Display names: the family's registry label for a default, ``"label (field=value, ...)"`` otherwise.
+    """
+    from scire_jax.core.solvers.registry import REGISTRY
+
+    steps = max(grid.nfes)
+    configs = _configs(grid, steps) if configs is None else configs
+    by_solver = {}
+    for config in configs:
+        by_solver.setdefault((config.name, config.solver), config.label)
+    labels = {config.label for config in configs}
+    families = [name for name, _ in registry_families(grid.families, grid.sweeps)]
+    out: List[Tuple[str, str]] = []
+    for selector in selectors:
+        if isinstance(selector, str) and selector in labels:
+            out.append((selector, selector))
+            continue
+        if selector == "default":
+            wanted = [(name, {}) for name in families]
+        elif isinstance(selector, str):
+            wanted = [(selector, {})]
+        else:
+            wanted = [selector]
+        for name, fields in wanted:
+            if name not in REGISTRY:
+                continue
+            entry = REGISTRY[name]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    solver = entry.make(steps, **fields)
+            except (TypeError, ValueError):
+                continue
+            label = by_solver.get((name, solver))
+            if label is not None:
+                settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+                display = f"{entry.label} ({settings})" if settings else entry.label
+                if (display, label) not in out:
+                    out.append((display, label))
+    return out
 
 
 def solver_configs(grid: Grid, steps: int, verbose: bool = False) -> List[Config]:
-    """Every configuration of ``grid`` at ``steps`` (families missing from ``scire_jax`` are skipped)."""
-    import scire_jax as sj
-
-    out: List[Config] = []
-    available = {"SciRE": hasattr(sj, "SciRE"), "DDIM": hasattr(sj, "DDIM"), "DPM-Solver": hasattr(sj, "DPMSolver"),
-                 "DPM-Solver++": hasattr(sj, "DPMSolver"), "UniPC": hasattr(sj, "UniPC")}
-    for family in grid.families:
-        if not available.get(family, False):
-            if verbose:
-                print(f"note: {family} is not available in this scire_jax (skipped)", flush=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # singlestep_fixed with steps % order != 0 warns (true NFE is recorded)
-        if "SciRE" in grid.families and available["SciRE"]:
-            for algorithm in grid.scire_algorithms:
-                for method in grid.scire_methods:
-                    for order in grid.scire_orders:
-                        for skip in grid.scire_skips:
-                            for phi_name in grid.scire_phis:
-                                label = f"SciRE-{algorithm} {method} o{order} {skip} phi={phi_name}"
-                                try:
-                                    solver = sj.SciRE(algorithm=algorithm, method=method, order=order, steps=steps,
-                                                      skip_type=skip, phi=PHIS[phi_name])
-                                except ValueError:
-                                    continue
-                                out.append(Config("SciRE", label, solver, algorithm, method, order, skip, phi_name))
-        if "DDIM" in grid.families and available["DDIM"]:
-            for skip in grid.ddim_skips:
-                out.append(Config("DDIM", f"DDIM {skip}", sj.DDIM(steps=steps, skip_type=skip), "ddim", "multistep", 1, skip))
-        for family, algorithm in (("DPM-Solver", "dpmsolver"), ("DPM-Solver++", "dpmsolver++")):
-            if family not in grid.families or not available[family]:
-                continue
-            for method in grid.dpm_methods:
-                for order in grid.dpm_orders:
-                    if order == 1 and method != "multistep":
-                        continue
-                    for skip in grid.dpm_skips:
-                        for solver_type in grid.dpm_solver_types:
-                            if solver_type != "dpmsolver" and order == 1:
-                                continue
-                            suffix = "" if solver_type == "dpmsolver" else " taylor"
-                            label = f"{family} {method} o{order} {skip}{suffix}"
-                            try:
-                                solver = sj.DPMSolver(algorithm=algorithm, method=method, order=order, steps=steps,
-                                                      skip_type=skip, solver_type=solver_type)
-                            except ValueError:
-                                continue
-                            out.append(Config(family, label, solver, algorithm, method, order, skip))
-        if "UniPC" in grid.families and available["UniPC"]:
-            for variant in grid.unipc_variants:
-                for order in grid.unipc_orders:
-                    for skip in grid.unipc_skips:
-                        for prediction in grid.unipc_predictions:
-                            suffix = "" if prediction == "data" else " noise"
-                            label = f"UniPC-{variant} o{order} {skip}{suffix}"
-                            try:
-                                solver = sj.UniPC(variant=variant, order=order, steps=steps, skip_type=skip,
-                                                  prediction=prediction)
-                            except ValueError:
-                                continue
-                            out.append(Config("UniPC", label, solver, variant, "multistep", order, skip))
+    """Every configuration of ``grid`` at ``steps``: the registered families' sweeps (``grid.only`` applied)."""
+    out = _configs(grid, steps)
+    if verbose:
+        for name in missing_families(grid):
+            print(f"note: {name} is not registered in this scire_jax (skipped)", flush=True)
     if grid.only is not None:
-        out = [config for config in out if config.label in grid.only]
+        keep = {label for _, label in resolve(grid, grid.only)}
+        out = [config for config in out if config.label in keep]
     return out
+
+
+def missing_families(grid: Grid) -> List[str]:
+    """Names of the grid's sweeps (and ``families``) that the registry does not hold."""
+    from scire_jax.core.solvers.registry import REGISTRY
+
+    names = list(grid.sweeps) + [name for name in (grid.families or ()) if name not in grid.sweeps]
+    return [name for name in names if name not in REGISTRY and (grid.families is None or name in grid.families)]
 
 
 # -- problems and schedules ------------------------------------------------------------------------
@@ -252,182 +372,37 @@ def make_problem(name: str):
     raise ValueError(f"problem={name!r} is not one of 'gauss2', 'gauss16', 'gmm5', 'img_gmm'")
 
 
-def _block_noise_fn(models):
-    """``noise_fn`` of the block-diagonal problem (states concatenated) with ``noise_fn.noise(params, x, t, alpha, sigma)``.
+# -- solving many plans: the public executor, vmapped over stacked plans ------------------------------
 
-    Same formulas as :mod:`scire_jax.models.analytic` (``Gaussian.noise``, ``GaussianMixture.noise``), with
-    ``alpha``, ``sigma`` taken from the plan (host float64) instead of ``schedule.alpha(t)``.
+
+def solve_stacked(plans: Sequence, noise_fn, x_start):
+    """Plans of one :func:`~scire_jax.core.plans.stacking_key` in one compiled, vmapped call of ``sj.execute``.
+
+    Returns ``x`` at ``t_end`` of every plan, shape ``(len(plans), *x_start.shape)``.
     """
     import jax
-    import jax.numpy as jnp
-    from scire_jax.models import analytic
 
-    blocks = []
-    start = 0
-    for model in models:
-        size = int(np.prod(model.shape))
-        if isinstance(model, analytic.Gaussian):
-            blocks.append((start, size, "gauss", (model.mean.reshape(-1), model.std.reshape(-1))))
-        else:
-            count = model.num_components
-            blocks.append((start, size, "gmm", (np.log(model.weights), model.means.reshape(count, -1),
-                                                 model.stds.reshape(count, -1))))
-        start += size
+    import scire_jax as sj
+    from scire_jax.core.plans import stack_plans
 
-    def noise(params, x, t, alpha, sigma):
-        del params, t
-        parts = []
-        for offset, size, kind, values in blocks:
-            xb = x[:, offset:offset + size]
-            if kind == "gauss":
-                mean, std = (jnp.asarray(v, x.dtype) for v in values)
-                parts.append(sigma * (xb - alpha * mean) / ((alpha * std) ** 2 + sigma ** 2))
-            else:
-                log_weights, means, stds = (jnp.asarray(v, x.dtype) for v in values)
-                variance = (alpha * stds) ** 2 + sigma ** 2  # (K, D)
-                diff = xb[:, None, :] - alpha * means[None]  # (B, K, D)
-                logits = log_weights[None] - 0.5 * jnp.sum(diff * diff / variance + jnp.log(variance), axis=-1)
-                resp = jax.nn.softmax(logits, axis=-1)
-                parts.append(sigma * jnp.einsum("bk,bkd->bd", resp, diff / variance))
-        return jnp.concatenate(parts, axis=1)
-
-    def noise_fn(params, x, t):  # pragma: no cover - the executor uses .noise
-        raise NotImplementedError("the atlas model needs alpha and sigma: call noise_fn.noise")
-
-    noise_fn.noise = noise
-    return noise_fn, [(offset, size) for offset, size, _, _ in blocks]
+    return jax.jit(jax.vmap(lambda plan: sj.execute(plan, noise_fn, None, x_start)))(stack_plans(plans))
 
 
-def _evaluator(noise_fn):
-    """``evaluate(x, t, alpha, sigma, kind)`` as ``sj.solve`` builds it (no thresholding)."""
-    import jax.numpy as jnp
+def solve_plans(plans: Sequence, noise_fn, x_start, progress: Optional[Callable[[int, int], None]] = None) -> List:
+    """Every plan, grouped by ``stacking_key`` (one compile per group): ``[x at t_end]`` in the plans' order."""
+    from scire_jax.core.plans import stacking_key
 
-    def evaluate(x, t, alpha, sigma, kind):
-        eps = noise_fn.noise(None, x, jnp.broadcast_to(t, (x.shape[0],)), alpha, sigma).astype(x.dtype)
-        return eps if kind == "noise" else (x - sigma * eps) / alpha
-
-    return evaluate
-
-
-# -- the grouped executor ----------------------------------------------------------------------------
-#
-# Plans of equal structure run in one compiled, vmapped executor.  Two exact paddings widen a group:
-#
-# * history: a shorter history is zero-padded on its oldest side (a zero coefficient reads nothing);
-# * length: one segment (the longest) is padded at its START with "restart" rows: the state is kept
-#   (``out_state = 1``, nothing else) and the model is evaluated at ``(state, t_start)``.  Without
-#   history these rows are no-ops.  With history they are only used where the state is still
-#   ``x_T`` (first segment, or right after the single initial evaluation of a multistep plan), so
-#   they push copies of ``F(x_T, t_start)`` -- the value the initial evaluation pushes anyway -- into
-#   slots the real plan only reads with zero coefficients (checked per plan by
-#   :func:`_history_reads_are_pushed`; plans that fail keep their exact length).
-
-
-def _history_reads_are_pushed(plan) -> bool:
-    """Every nonzero history coefficient of the plan reads a slot that was pushed before."""
-    size = plan.history_size
-    pushes = 0
-    for segment in plan.segments:
-        rows = segment.length
-        before = pushes + np.arange(rows)  # pushes made before each row
-        age = size - np.arange(size)  # slot m holds age H - m
-        stage = np.any(segment.arrays["stage_history"] != 0, axis=1)  # (rows, H)
-        out = segment.arrays["out_history"] != 0
-        unread = age[None, :] > before[:, None]
-        if np.any((stage | out) & unread):
-            return False
-        if segment.push is not None:
-            pushes += rows
-    return True
-
-
-def _pad_index(plan) -> Optional[int]:
-    """The segment whose length may be padded (see above), or None."""
-    lengths = [segment.length for segment in plan.segments]
-    index = int(np.argmax(lengths))
-    if not any(segment.push for segment in plan.segments):
-        return index
-    starts_at_x_T = index == 0 or (index == 1 and plan.steps[0].initial and plan.segments[0].length == 1)
-    return index if starts_at_x_T and _history_reads_are_pushed(plan) else None
-
-
-def _group_key(plan) -> tuple:
-    pad = _pad_index(plan)
-    return tuple((s.num_stages, s.post_evaluation, s.push, s.kind, s.record, None if i == pad else s.length)
-                 for i, s in enumerate(plan.segments))
-
-
-def _padded_arrays(plan, history_size: int, lengths: Sequence[int], start_coefficients) -> List[Dict[str, np.ndarray]]:
-    """The plan's segment arrays with the history padded to ``history_size`` and segments to ``lengths``."""
-    alpha0, sigma0 = start_coefficients
-    out = []
-    for segment, length in zip(plan.segments, lengths):
-        arrays = dict(segment.arrays)
-        for name in ("stage_history", "out_history"):
-            missing = history_size - arrays[name].shape[-1]
-            if missing:  # slot H - age: the oldest slots are on the left
-                arrays[name] = np.concatenate([np.zeros(arrays[name].shape[:-1] + (missing,)), arrays[name]], axis=-1)
-        extra = length - segment.length
-        if extra:
-            pad = {name: np.zeros((extra,) + value.shape[1:], value.dtype) for name, value in arrays.items()}
-            pad["stage_time"][:] = plan.t_start
-            pad["stage_alpha"][:] = alpha0
-            pad["stage_sigma"][:] = sigma0
-            pad["stage_state"][:] = 1.0
-            pad["out_state"][:] = 1.0
-            pad["time"][:] = plan.t_start
-            pad["post_alpha"][:] = alpha0
-            pad["post_sigma"][:] = sigma0
-            arrays = {name: np.concatenate([pad[name], value]) for name, value in arrays.items()}
-        out.append(arrays)
-    return out
-
-
-def _masks(arrays: Dict[str, np.ndarray], num_stages: int, history_size: int):
-    """Static nonzero-masks of stacked arrays (leading axes: configuration, row), as ``build_plan_from_steps``."""
-    def nonzero(value, axes):
-        return np.any(value != 0, axis=axes)
-
-    return {
-        "stage_stage": tuple(tuple(bool(v) for v in nonzero(arrays["stage_stage"][:, :, k, :], (0, 1)))
-                             for k in range(num_stages)),
-        "stage_history": tuple(tuple(bool(v) for v in nonzero(arrays["stage_history"][:, :, k, :], (0, 1)))
-                               if history_size else () for k in range(num_stages)),
-        "stage_state": tuple(bool(v) for v in nonzero(arrays["stage_state"], (0, 1))),
-        "stage_state_is_one": tuple(bool(v) for v in np.all(arrays["stage_state"] == 1, axis=(0, 1))),
-        "out_stage": tuple(bool(v) for v in nonzero(arrays["out_stage"], (0, 1))),
-        "out_history": tuple(bool(v) for v in nonzero(arrays["out_history"], (0, 1))) if history_size else (),
-        "out_state": bool(np.any(arrays["out_state"] != 0)),
-    }
-
-
-def solve_group(plans: Sequence, evaluate, x_start, start_coefficients: Sequence[Tuple[float, float]]):
-    """Solve every plan of a group (equal :func:`_group_key`) with one compiled, vmapped executor.
-
-    ``start_coefficients[i]`` is ``(alpha, sigma)`` at ``t_start`` of plan ``i`` (for padded rows).
-    Returns ``x`` at ``t_end`` of shape ``(len(plans), *x_start.shape)``.
-    """
-    import jax
-    from scire_jax.core.plans import Plan, Segment, execute_plan
-
-    history_size = max(plan.history_size for plan in plans)
-    template = plans[0]
-    lengths = [max(plan.segments[i].length for plan in plans) for i in range(len(template.segments))]
-    padded = [_padded_arrays(plan, history_size, lengths, coefficients) for plan, coefficients in zip(plans, start_coefficients)]
-    statics, stacked = [], []
-    for index, segment in enumerate(template.segments):
-        arrays = {name: np.stack([p[index][name] for p in padded]) for name in padded[0][index]}
-        stacked.append(arrays)
-        statics.append((segment.num_stages, segment.post_evaluation, segment.push, segment.kind, segment.record,
-                        _masks(arrays, segment.num_stages, history_size)))
-
-    def one(arrays):
-        segments = tuple(Segment(num_stages, post, push, kind, record, dict(a), masks)
-                         for (num_stages, post, push, kind, record, masks), a in zip(statics, arrays))
-        plan = Plan(segments, history_size, template.t_start, template.t_end, None, template.steps)
-        return execute_plan(plan, evaluate, x_start)
-
-    return jax.jit(jax.vmap(one))(stacked)
+    groups = collections.defaultdict(list)
+    for index, plan in enumerate(plans):
+        groups[stacking_key(plan)].append(index)
+    outputs = [None] * len(plans)
+    for number, indices in enumerate(groups.values()):
+        result = np.asarray(solve_stacked([plans[i] for i in indices], noise_fn, x_start))
+        for row, i in enumerate(indices):
+            outputs[i] = result[row]
+        if progress is not None:
+            progress(number + 1, len(groups))
+    return outputs
 
 
 # -- the atlas -------------------------------------------------------------------------------------------
@@ -440,6 +415,14 @@ def _x64():
         return jax.enable_x64(True)
     from jax.experimental import enable_x64  # older JAX
     return enable_x64()
+
+
+def require_diffrax() -> None:
+    """Raise ``ModuleNotFoundError`` (one line naming the ``bench`` extra) if diffrax is missing."""
+    try:
+        import diffrax  # noqa: F401
+    except ImportError:
+        raise ModuleNotFoundError(MISSING_DIFFRAX, name="diffrax") from None
 
 
 def _ground_truth(model, schedule, x_start, t_start, t_end, tol):
@@ -456,9 +439,13 @@ def run_atlas(grid="default", out_dir=None, verbose: bool = True) -> List[dict]:
     Returns one dict per (problem, schedule, NFE budget, configuration) with the fields of
     :data:`CSV_FIELDS`.  With ``out_dir`` it writes ``accuracy_table.csv``, ``accuracy.json``,
     ``accuracy.md`` and (if matplotlib imports) ``accuracy_error_vs_nfe.png``.
+
+    Raises:
+      ModuleNotFoundError: diffrax is not installed (``pip install -e ".[bench]"``).
     """
     if isinstance(grid, str):
         grid = GRIDS[grid]
+    require_diffrax()
     start_time = time.perf_counter()
     with _x64():
         rows, info = _run(grid, verbose)
@@ -473,6 +460,7 @@ def run_atlas(grid="default", out_dir=None, verbose: bool = True) -> List[dict]:
 def _run(grid: Grid, verbose: bool):
     import jax
     import jax.numpy as jnp
+
     import scire_jax as sj
     from scire_jax.models import analytic
 
@@ -484,13 +472,14 @@ def _run(grid: Grid, verbose: bool):
     clock = time.perf_counter()
     models = [make_problem(name) for name in grid.problems]
     schedules = {name: make_schedule(name) for name in grid.schedules}
-    noise_fn, blocks = _block_noise_fn(models)
-    evaluate = _evaluator(noise_fn)
+    product = analytic.Product(models)
+    noise_fn = analytic.coefficient_model_fn(product)  # alpha, sigma from the plan
 
     # The fixed batch: x_T of each problem from its own key, flattened and concatenated.
     keys = jax.random.split(jax.random.key(grid.seed), len(models))
     x_blocks = [analytic.prior_sample(key, (grid.batch,) + tuple(model.shape), jnp.float64) for key, model in zip(keys, models)]
-    x_start = jnp.concatenate([x.reshape(grid.batch, -1) for x in x_blocks], axis=1)
+    x_start = product.join(x_blocks)
+    blocks = list(zip(product.offsets, product.sizes))
 
     # Ground truth, once per problem and schedule.
     truth = {}
@@ -501,11 +490,26 @@ def _run(grid: Grid, verbose: bool):
              for model, x in zip(models, x_blocks)], axis=1)
     timings["ground_truth_s"] = time.perf_counter() - clock
     log(f"ground truth: {timings['ground_truth_s']:.1f} s")
+
+    # The families and the named configurations (plot, head to head), from the registry.
+    families = registry_families(grid.families, grid.sweeps)
+    reference_configs = _configs(grid, max(grid.nfes))
+    focus = dict(families)[FOCUS].label if FOCUS in dict(families) else None
+    head_to_head = dict(resolve(grid, ("default",), reference_configs))
+    if focus is not None:
+        variant = resolve(grid, ((FOCUS, FOCUS_VARIANT[1]),), reference_configs)
+        if variant:
+            head_to_head[f"{focus} ({FOCUS_VARIANT[0]})"] = variant[0][1]
     info = {"grid": grid.name, "problems": list(grid.problems), "schedules": list(grid.schedules), "nfes": list(grid.nfes),
             "batch": grid.batch, "seed": grid.seed, "reference_tol": grid.reference_tol, "timings": timings,
-            "missing_families": [f for f in grid.families if not _family_available(f)]}
-    for family in info["missing_families"]:
-        log(f"note: {family} is not available in this scire_jax yet: skipped")
+            "families": {entry.label: name for name, entry in families}, "focus": focus,
+            "focus_variant": f"{focus} ({FOCUS_VARIANT[0]})",
+            "head_to_head": head_to_head, "plot": [label for _, label in resolve(grid, PLOT, reference_configs)],
+            "order_notes": {entry.label: (grid.sweeps.get(name) or default_sweep(entry)).order_note
+                            for name, entry in families},
+            "missing_families": missing_families(grid)}
+    for name in info["missing_families"]:
+        log(f"note: {name} is not registered in this scire_jax: skipped")
     if grid.check_reference and "gauss16" in grid.problems:
         model = models[grid.problems.index("gauss16")]
         x = x_blocks[grid.problems.index("gauss16")]
@@ -518,7 +522,7 @@ def _run(grid: Grid, verbose: bool):
         info["reference_check_rms"] = max(checks)
         log(f"diffrax reference vs closed form (gauss16): RMS {info['reference_check_rms']:.2e}")
 
-    # Plans (host), grouped by structure over every NFE, configuration and schedule.
+    # Plans (host), over every NFE, configuration and schedule.
     clock = time.perf_counter()
     entries = []  # (budget, config, schedule_name, plan)
     skipped = []
@@ -533,26 +537,24 @@ def _run(grid: Grid, verbose: bool):
                     skipped.append((budget, config.label, schedule_name, str(error)))
                     continue
                 entries.append((budget, config, schedule_name, plan))
-    groups = collections.defaultdict(list)
-    for index, entry in enumerate(entries):
-        groups[_group_key(entry[3])].append(index)
     timings["plans_s"] = time.perf_counter() - clock
-    log(f"{len(entries)} plans ({len(skipped)} skipped) in {timings['plans_s']:.1f} s; {len(groups)} compiled groups")
+    from scire_jax.core.plans import stacking_key
+
+    num_groups = len({stacking_key(entry[3]) for entry in entries})
+    log(f"{len(entries)} plans ({len(skipped)} skipped) in {timings['plans_s']:.1f} s; {num_groups} compiled groups")
     info["num_solves"] = len(entries) * len(models)
     info["num_plans"] = len(entries)
-    info["num_groups"] = len(groups)
+    info["num_groups"] = num_groups
     info["skipped"] = skipped
 
-    # Solve every group.
+    # Solve every group of stackable plans with the public executor.
     clock = time.perf_counter()
-    outputs = [None] * len(entries)
-    for number, (key, indices) in enumerate(groups.items()):
-        result = np.asarray(solve_group([entries[i][3] for i in indices], evaluate, x_start,
-                                        [_start_coefficients(entries[i][3], schedules[entries[i][2]]) for i in indices]))
-        for row, i in enumerate(indices):
-            outputs[i] = result[row]
-        if verbose and (number + 1) % 25 == 0:
-            log(f"  {number + 1}/{len(groups)} groups, {time.perf_counter() - clock:.0f} s")
+
+    def progress(done, total):
+        if done % 25 == 0:
+            log(f"  {done}/{total} groups, {time.perf_counter() - clock:.0f} s")
+
+    outputs = solve_plans([entry[3] for entry in entries], noise_fn, x_start, progress)
     timings["solves_s"] = time.perf_counter() - clock
     log(f"solves: {timings['solves_s']:.1f} s")
 
@@ -571,7 +573,7 @@ def _run(grid: Grid, verbose: bool):
     worst = 0.0
     checked = 0
     by_label = {(e[0], e[1].label, e[2]): i for i, e in enumerate(entries)}
-    for number, label in enumerate(grid.crosscheck):
+    for number, (_, label) in enumerate(resolve(grid, grid.crosscheck, reference_configs)):
         for schedule_name, schedule in schedules.items():
             if number and schedule_name != grid.schedules[0]:
                 continue  # the first configuration on every schedule, the others on the first schedule
@@ -591,20 +593,8 @@ def _run(grid: Grid, verbose: bool):
     if checked:
         log(f"cross-check vs sj.solve: {checked} solves, max |diff| = {worst:.2e} ({timings['crosscheck_s']:.1f} s)")
         if not worst < 1e-8:
-            print(f"WARNING: the grouped executor differs from sj.solve by {worst:.2e}", file=sys.stderr)
+            print(f"WARNING: the stacked executor differs from sj.solve by {worst:.2e}", file=sys.stderr)
     return rows, info
-
-
-def _start_coefficients(plan, schedule) -> Tuple[float, float]:
-    t = np.float64(plan.t_start)
-    return float(schedule.alpha(t)), float(schedule.sigma(t))
-
-
-def _family_available(family: str) -> bool:
-    import scire_jax as sj
-
-    return hasattr(sj, {"SciRE": "SciRE", "DDIM": "DDIM", "DPM-Solver": "DPMSolver", "DPM-Solver++": "DPMSolver",
-                        "UniPC": "UniPC"}[family])
 
 
 # -- analysis ------------------------------------------------------------------------------------------
@@ -646,11 +636,26 @@ def overall_ranking(rows) -> Dict[int, List[Tuple[str, float]]]:
     return ranking
 
 
+def families_of(rows) -> List[str]:
+    """The families present in ``rows``, in order of appearance (the registry-derived atlas order)."""
+    return list(dict.fromkeys(row["family"] for row in rows))
+
+
+def focus_family(rows=None, info=None) -> str:
+    """The display name of :data:`FOCUS` (from the run's info, else the registry)."""
+    if info and info.get("focus"):
+        return info["focus"]
+    from scire_jax.core.solvers.registry import REGISTRY
+
+    return REGISTRY[FOCUS].label if FOCUS in REGISTRY else FOCUS
+
+
 def family_comparison(rows):
-    """Per cell: best of each family; counts of SciRE wins against DPM-Solver++ and UniPC."""
+    """Per cell: the best row of each family (families as they appear in ``rows``)."""
+    families = families_of(rows)
     table = {}
     for cell, cell_rows in sorted(_cells(rows).items()):
-        table[cell] = {family: _best(cell_rows, family=family) for family in FAMILIES}
+        table[cell] = {family: _best(cell_rows, family=family) for family in families}
     return table
 
 
@@ -678,7 +683,7 @@ def print_summary(rows, info):
 def _wins(table, family, rival):
     wins = total = 0
     ratios = []
-    for cell, best in table.items():
+    for best in table.values():
         if best.get(family) and best.get(rival):
             total += 1
             wins += best[family]["rms_error"] < best[rival]["rms_error"]
@@ -689,6 +694,9 @@ def _wins(table, family, rival):
 def write_markdown(rows, info, grid: Grid, path: pathlib.Path):
     table = family_comparison(rows)
     ranking = overall_ranking(rows)
+    focus = focus_family(rows, info)
+    rivals = [family for family in families_of(rows) if family != focus]
+    family_of = {row["solver"]: row["family"] for row in rows}
     problems = info["problems"]
     schedules = info["schedules"]
     budgets = info["nfes"]
@@ -718,28 +726,29 @@ def write_markdown(rows, info, grid: Grid, path: pathlib.Path):
     lines += ["", "Full data: `accuracy_table.csv` (one row per problem, schedule, NFE budget and configuration).", ""]
 
     # Headline numbers.
-    lines += ["## Where SciRE wins and loses", ""]
-    lines.append("Best-of-family comparisons (each family at its best configuration for the cell; SciRE has many more "
+    lines += [f"## Where {focus} wins and loses", ""]
+    lines.append(f"Best-of-family comparisons (each family at its best configuration for the cell; {focus} has many more "
                  "configurations -- 4 skip types x 4 phi x methods -- so its best-of is a generous upper bound on what a "
                  "user who does not tune gets):")
     lines.append("")
-    lines.append("| SciRE (best) vs | cells won | median error ratio SciRE / rival | NFE <= 10: won | NFE > 10: won |")
+    lines.append(f"| {focus} (best) vs | cells won | median error ratio {focus} / rival | NFE <= 10: won | NFE > 10: won |")
     lines.append("|---|---|---|---|---|")
-    for rival in ("DPM-Solver++", "DPM-Solver", "UniPC", "DDIM"):
-        wins, total, ratios = _wins(table, "SciRE", rival)
+    for rival in rivals:
+        wins, total, ratios = _wins(table, focus, rival)
         if not total:
             continue
         low = {c: b for c, b in table.items() if c[2] <= 10}
         high = {c: b for c, b in table.items() if c[2] > 10}
-        lw, lt, _ = _wins(low, "SciRE", rival)
-        hw, ht, _ = _wins(high, "SciRE", rival)
+        lw, lt, _ = _wins(low, focus, rival)
+        hw, ht, _ = _wins(high, focus, rival)
         lines.append(f"| {rival} | {wins}/{total} | {np.median(ratios):.2f} | {lw}/{lt} | {hw}/{ht} |")
     lines.append("")
-    default_rows = {label: [r for r in rows if r["solver"] == label] for label in DEFAULTS.values()}
+    head_to_head = info.get("head_to_head", {})
+    default_rows = {label: [r for r in rows if r["solver"] == label] for label in head_to_head.values()}
     if sum(bool(v) for v in default_rows.values()) >= 2:
         lines.append("Default configurations head to head (geometric mean of the RMS error over every problem and schedule):")
         lines.append("")
-        present = [(family, label) for family, label in DEFAULTS.items() if default_rows[label]]
+        present = [(family, label) for family, label in head_to_head.items() if default_rows[label]]
         lines.append("| NFE | " + " | ".join(f"{family}: `{label}`" for family, label in present) + " |")
         lines.append("|---|" + "---|" * len(present))
         for budget in budgets:
@@ -751,12 +760,12 @@ def write_markdown(rows, info, grid: Grid, path: pathlib.Path):
             cells = [(f"**{_fmt(v)}**" if best_value is not None and v == best_value else _fmt(v)) for v in values]
             lines.append(f"| {budget} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += _auto_findings(rows, table, ranking)
+    lines += _auto_findings(rows, table, ranking, info)
+    counts = ", ".join(f"{len({r['solver'] for r in rows if r['family'] == rival})} {rival}" for rival in rivals)
     lines += ["", "Caveats:", "",
-              "* Best-of-family favours SciRE: per cell it picks the best of up to "
-              f"{len({r['solver'] for r in rows if r['family'] == 'SciRE'})} SciRE configurations against "
-              f"{len({r['solver'] for r in rows if r['family'] == 'DPM-Solver++'})} DPM-Solver++ and "
-              f"{len({r['solver'] for r in rows if r['family'] == 'UniPC'})} UniPC ones. The geo-mean ranking below picks one "
+              f"* Best-of-family favours {focus}: per cell it picks the best of up to "
+              f"{len({r['solver'] for r in rows if r['family'] == focus})} {focus} configurations against "
+              f"{counts} ones. The geo-mean ranking below picks one "
               "configuration per NFE for all cells, which is less optimistic; the head-to-head table is untuned.",
               "* Configurations with phi != 1 are not monotone in NFE (their first-order term cancels other errors at some "
               "step counts), so a win at one NFE need not carry over to a neighbouring NFE or another model.",
@@ -767,32 +776,33 @@ def write_markdown(rows, info, grid: Grid, path: pathlib.Path):
 
     lines += ["", "## Most accurate configuration at each NFE (all problems and schedules)", "",
               "Ranked by the geometric mean of the RMS error over every (problem, schedule) cell.", "",
-              "| NFE | best | error (geo-mean) | 2nd | 3rd | best SciRE | error |", "|---|---|---|---|---|---|---|"]
+              f"| NFE | best | error (geo-mean) | 2nd | 3rd | best {focus} | error |", "|---|---|---|---|---|---|---|"]
     for budget, scored in ranking.items():
         if not scored:
             continue
-        sci = next(((l, v) for l, v in scored if l.startswith("SciRE")), None)
+        sci = next(((l, v) for l, v in scored if family_of.get(l) == focus), None)
         second = f"`{scored[1][0]}` {scored[1][1]:.2e}" if len(scored) > 1 else ""
         third = f"`{scored[2][0]}` {scored[2][1]:.2e}" if len(scored) > 2 else ""
         sci_text = f"`{sci[0]}` | {sci[1]:.2e}" if sci else "n/a | "
         lines.append(f"| {budget} | `{scored[0][0]}` | {scored[0][1]:.2e} | {second} | {third} | {sci_text} |")
 
-    lines += _order_table(rows)
+    lines += _order_table(rows, info)
     lines += ["", "## Per problem and schedule", "",
               "Best configuration of each family per NFE budget (error, configuration); **bold** = best overall.", ""]
     for problem in problems:
         for schedule in schedules:
             lines.append(f"### {problem} / {schedule}")
             lines.append("")
-            lines.append("| NFE | best overall | SciRE | DPM-Solver++ | DPM-Solver | UniPC | DDIM |")
-            lines.append("|---|---|---|---|---|---|---|")
+            columns = [focus] + rivals
+            lines.append("| NFE | best overall | " + " | ".join(columns) + " |")
+            lines.append("|---|---|" + "---|" * len(columns))
             for budget in budgets:
                 best = table.get((problem, schedule, budget))
                 if not best:
                     continue
                 overall = min((b for b in best.values() if b), key=lambda r: r["rms_error"], default=None)
                 cells = []
-                for family in ("SciRE", "DPM-Solver++", "DPM-Solver", "UniPC", "DDIM"):
+                for family in columns:
                     row = best.get(family)
                     if row is None:
                         cells.append("n/a")
@@ -825,8 +835,8 @@ def empirical_orders(rows, labels=None):
     return {label: float(np.median(v)) for label, v in slopes.items()}, (low_budget, high_budget)
 
 
-def _order_table(rows):
-    labels = [label for label in PLOT_SOLVERS if any(r["solver"] == label for r in rows)]
+def _order_table(rows, info):
+    labels = [label for label in info.get("plot", ()) if any(r["solver"] == label for r in rows)]
     orders, budgets = empirical_orders(rows, set(labels))
     if not orders:
         return []
@@ -834,19 +844,23 @@ def _order_table(rows):
     lines = ["", f"## Empirical order (slope of the error between NFE {low} and {high}, median over cells)", "",
              "| configuration | nominal order | empirical order |", "|---|---|---|"]
     nominal = {r["solver"]: r["order"] for r in rows}
+    family_of = {r["solver"]: r["family"] for r in rows}
+    notes = info.get("order_notes", {})
     for label in labels:
         if label in orders:
-            extra = "+1 (corrector)" if label.startswith("UniPC") else ""
+            extra = notes.get(family_of[label], "")
             lines.append(f"| `{label}` | {nominal[label]}{extra} | {orders[label]:.2f} |")
     return lines
 
 
-def _auto_findings(rows, table, ranking):
+def _auto_findings(rows, table, ranking, info):
     """Data-driven statements (regenerated with the numbers)."""
+    focus = focus_family(rows, info)
+    rivals = [family for family in families_of(rows) if family != focus]
     lines = ["Findings (computed from this run):", ""]
     # Which family wins the most cells overall.
     winners = collections.Counter()
-    for cell, best in table.items():
+    for best in table.values():
         present = [b for b in best.values() if b]
         if present:
             winners[min(present, key=lambda r: r["rms_error"])["family"]] += 1
@@ -854,25 +868,25 @@ def _auto_findings(rows, table, ranking):
     if total:
         lines.append("* Cells won (best single configuration of the cell): " +
                      ", ".join(f"{family} {count}/{total}" for family, count in winners.most_common()) + ".")
-    for rival in ("DPM-Solver++", "UniPC"):
+    for rival in rivals:
         by_budget = collections.defaultdict(list)
-        for (problem, schedule, budget), best in table.items():
-            if best.get("SciRE") and best.get(rival):
-                by_budget[budget].append(best["SciRE"]["rms_error"] / best[rival]["rms_error"])
+        for (_, _, budget), best in table.items():
+            if best.get(focus) and best.get(rival):
+                by_budget[budget].append(best[focus]["rms_error"] / best[rival]["rms_error"])
         if by_budget:
             won = [b for b, r in sorted(by_budget.items()) if np.median(r) < 1]
             lost = [b for b, r in sorted(by_budget.items()) if np.median(r) >= 1]
-            lines.append(f"* Best SciRE vs best {rival}: median error ratio below 1 (SciRE better) at NFE "
-                         f"{', '.join(map(str, won)) or 'none'}; at or above 1 (SciRE worse or equal) at NFE "
+            lines.append(f"* Best {focus} vs best {rival}: median error ratio below 1 ({focus} better) at NFE "
+                         f"{', '.join(map(str, won)) or 'none'}; at or above 1 ({focus} worse or equal) at NFE "
                          f"{', '.join(map(str, lost)) or 'none'}.")
     # Which SciRE settings win within SciRE.
     sci_best = collections.Counter()
     for best in table.values():
-        if best.get("SciRE"):
-            row = best["SciRE"]
+        if best.get(focus):
+            row = best[focus]
             sci_best[(row["algorithm"], row["method"], row["skip_type"], row["phi"])] += 1
     if sci_best:
-        lines.append("* Most frequent best SciRE setting (algorithm, method, skip type, phi): " +
+        lines.append(f"* Most frequent best {focus} setting (algorithm, method, skip type, phi): " +
                      "; ".join(f"{' '.join(map(str, k))} ({v} cells)" for k, v in sci_best.most_common(3)) + ".")
     # The SciRE default across NFE, and phi = 1.
     def geo(label, budget):
@@ -880,7 +894,8 @@ def _auto_findings(rows, table, ranking):
         return float(np.exp(np.mean(np.log(errors)))) if errors and all(e > 0 and math.isfinite(e) for e in errors) else None
 
     budgets = sorted({r["budget"] for r in rows})
-    default, phi_one = DEFAULTS["SciRE"], DEFAULTS["SciRE (phi=1)"]
+    head_to_head = info.get("head_to_head", {})
+    default, phi_one = head_to_head.get(focus), head_to_head.get(info.get("focus_variant"))
     series = [(b, geo(default, b)) for b in budgets]
     series = [(b, v) for b, v in series if v is not None]
     if len(series) >= 3:
@@ -889,7 +904,7 @@ def _auto_findings(rows, table, ranking):
         last_budget, last_value = series[-1]
         if last_budget > mid_budget:
             expected = last_budget / mid_budget
-            lines.append(f"* The default SciRE configuration (`{default}`) leads at low NFE but hardly converges: its "
+            lines.append(f"* The default {focus} configuration (`{default}`) leads at low NFE but hardly converges: its "
                          f"error (geo-mean) goes from {mid_value:.2e} at NFE {mid_budget} to {last_value:.2e} at NFE "
                          f"{last_budget}, a factor {mid_value / last_value:.1f} for {expected:.0f}x the NFE (a first-order "
                          f"method gives ~{expected:.0f}x, a third-order one ~{expected ** 3:.0f}x). With the official phi "
@@ -905,17 +920,18 @@ def _auto_findings(rows, table, ranking):
                          " (official phi: " + ", ".join(f"NFE {b}: {v:.2e}" for b, v in series
                                                         if b in (budgets[0], 10, budgets[-1])) + ").")
     phi_counts = collections.Counter()
-    for cell, cell_rows in _cells(rows).items():
-        sci = [r for r in cell_rows if r["family"] == "SciRE" and math.isfinite(r["rms_error"])]
+    for cell_rows in _cells(rows).values():
+        sci = [r for r in cell_rows if r["family"] == focus and math.isfinite(r["rms_error"])]
         if sci:
             phi_counts[min(sci, key=lambda r: r["rms_error"])["phi"]] += 1
     if phi_counts:
-        lines.append("* phi of the best SciRE configuration per cell: " +
+        lines.append(f"* phi of the best {focus} configuration per cell: " +
                      ", ".join(f"{phi} {count}" for phi, count in phi_counts.most_common()) + ".")
     return lines
 
 
-def plot(rows, path: pathlib.Path) -> bool:
+def plot(rows, path: pathlib.Path, labels: Optional[Sequence[str]] = None) -> bool:
+    """Log-log error vs NFE of ``labels`` (default: the first 8 configurations) per problem and schedule."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -924,7 +940,7 @@ def plot(rows, path: pathlib.Path) -> bool:
         return False
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     schedules = list(dict.fromkeys(r["schedule"] for r in rows))
-    labels = [label for label in PLOT_SOLVERS if any(r["solver"] == label for r in rows)]
+    labels = [label for label in (labels or ()) if any(r["solver"] == label for r in rows)]
     if not labels:
         labels = list(dict.fromkeys(r["solver"] for r in rows))[:8]
     fig, axes = plt.subplots(len(problems), len(schedules), figsize=(5.2 * len(schedules), 3.6 * len(problems)),
@@ -971,7 +987,7 @@ def write_outputs(rows, info, grid: Grid, out: pathlib.Path, verbose: bool = Tru
                "ranking": {str(b): v[:10] for b, v in overall_ranking(rows).items()}}
     (out / "accuracy.json").write_text(json.dumps(summary, indent=1, default=str))
     write_markdown(rows, info, grid, out / "accuracy.md")
-    plotted = plot(rows, out / "accuracy_error_vs_nfe.png")
+    plotted = plot(rows, out / "accuracy_error_vs_nfe.png", info.get("plot"))
     if verbose:
         print(f"wrote {out / 'accuracy_table.csv'}, {out / 'accuracy.json'}, {out / 'accuracy.md'}"
               + (f", {out / 'accuracy_error_vs_nfe.png'}" if plotted else " (no matplotlib: no plot)"))
@@ -982,10 +998,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="CI grid (< 60 s)")
     size.add_argument("--full", action="store_true", help="everything (default grid + extra grids and schedules)")
-    parser.add_argument("--out", default=str(HERE.parent / "docs"), help="output folder (default: docs/)")
+    parser.add_argument("--out", default=".", help="output folder (default: the current directory)")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "full" if args.full else "default"
-    run_atlas(GRIDS[name], args.out)
+    try:
+        run_atlas(GRIDS[name], args.out)
+    except ModuleNotFoundError as error:
+        if error.name != "diffrax":
+            raise
+        print(MISSING_DIFFRAX, file=sys.stderr)
+        return 2
     return 0
 
 

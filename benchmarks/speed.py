@@ -1,14 +1,19 @@
 """Speed measurements of issue 2: compile time vs steps, and solver overhead over the network.
 
     python benchmarks/speed.py               # the measurements of docs/speed.md (~2 min on 2 CPU cores)
-    python benchmarks/speed.py --quick       # tiny sizes (smoke run)
-    python benchmarks/speed.py --out DIR     # write DIR/speed.md (default: docs/)
+    python benchmarks/speed.py --quick       # tiny sizes (smoke run; compile steps 10 and 200 still)
+    python benchmarks/speed.py --out DIR     # write DIR/speed.md (default: the current directory)
+
+Solvers come from the solver registry (``scire_jax.core.solvers.registry.REGISTRY``): the default
+configuration of every registered solver (names whose defaults build the same solver, like ``dpm``
+and ``dpmsolver++``, once), plus :data:`EXTRA_SPECS`; a newly registered solver is measured without
+editing this file.
 
 (a) Compile time of ``jax.jit(sample_fn, static_argnums=2)`` for steps = 10, 50, 200 with the same
-    solver (SciRE v1 multistep order 3) on a small Flax conv net: ``jax.clear_caches()`` and a fresh
-    ``sample_fn`` each time, timed as ``.lower(...)`` (trace) + ``.compile()`` (XLA); median of repeats.
-    Target: compile(200) / compile(10) <= 1.3 (one ``lax.scan`` per segment, so the program does not
-    grow with the number of steps).
+    solver (the registry default of :data:`FOCUS`: SciRE v1 multistep order 3) on a small Flax conv
+    net: ``jax.clear_caches()`` and a fresh ``sample_fn`` each time, timed as ``.lower(...)`` (trace)
+    + ``.compile()`` (XLA); median of repeats.  Target: compile(200) / compile(10) <= 1.3 (one
+    ``lax.scan`` per segment, so the program does not grow with the number of steps).
 (b) Solver overhead: ``time(jit(solve) with NFE n) / (n * time(one jitted network call))`` on a conv
     net 3 -> 64 -> 64 -> 3 channels (3x3 convolutions, a time embedding) at batch 16, 32x32x3, float32.
     Everything is warmed up, ``block_until_ready``-ed, and the median of >= 5 repeats is used.  Target <= 1.05.
@@ -22,11 +27,14 @@ import pathlib
 import platform
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-HERE = pathlib.Path(__file__).resolve().parent
+#: registry name of the solver whose compile time is measured (and whose overhead is measured at every NFE)
+FOCUS = "scire"
+#: solver specs measured besides every registered solver's default (``NAME[:FIELD=VALUE,...]``)
+EXTRA_SPECS = ("scire:algorithm=v2,method=singlestep_agile",)
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -74,6 +82,7 @@ def conv_net(channels: int = 64, out_channels: int = 3):
 def _setup(batch: int, size: int, channels: int):
     import jax
     import jax.numpy as jnp
+
     import scire_jax as sj
 
     module = conv_net(channels)
@@ -95,6 +104,7 @@ def compile_times(steps_list: Sequence[int] = (10, 50, 200), repeats: int = 3, b
                   channels: int = 64, verbose: bool = True) -> List[Dict]:
     """(a) Trace + XLA compile time of ``jax.jit(sample_fn, static_argnums=2)`` per ``steps`` (median of ``repeats``)."""
     import jax
+
     import scire_jax as sj
 
     rows = []
@@ -102,7 +112,7 @@ def compile_times(steps_list: Sequence[int] = (10, 50, 200), repeats: int = 3, b
         _, params, schedule, _, noise_fn, shape = _setup(batch, size, channels)
         key = jax.random.key(1)
         for steps in steps_list:
-            solver = sj.SciRE(algorithm="v1", method="multistep", order=3, steps=steps)
+            solver = sj.make_solver(FOCUS, steps)
             plan_start = time.perf_counter()
             plan = solver.build_plan(schedule)  # uncached host plan, for the record
             plan_s = time.perf_counter() - plan_start
@@ -119,7 +129,7 @@ def compile_times(steps_list: Sequence[int] = (10, 50, 200), repeats: int = 3, b
                 compiles.append(end - middle)
             jax.block_until_ready(compiled(params, key))
             totals = [a + b for a, b in zip(lowers, compiles)]
-            row = {"steps": steps, "nfe": plan.nfe, "segments": len(plan.segments), "plan_s": plan_s,
+            row = {"solver": f"{FOCUS} ({solver.label()})", "steps": steps, "nfe": plan.nfe, "segments": len(plan.segments), "plan_s": plan_s,
                    "trace_s": float(np.median(lowers)), "compile_s": float(np.median(compiles)),
                    "total_s": float(np.median(totals)), "repeats": repeats}
             rows.append(row)
@@ -130,24 +140,41 @@ def compile_times(steps_list: Sequence[int] = (10, 50, 200), repeats: int = 3, b
     return rows
 
 
-def default_solvers(nfes: Sequence[int] = (10, 50)):
-    """(label, solver) pairs of the overhead measurement (families missing from scire_jax are skipped)."""
-    import scire_jax as sj
+def registry_defaults(steps: int) -> List[Tuple[str, object]]:
+    """``[(registry name, default solver)]``: every registered solver at ``steps``, equal defaults once."""
+    from scire_jax.core.solvers.registry import REGISTRY
 
-    solvers = [(f"SciRE v1 multistep o3 NFE {n}", sj.SciRE(algorithm="v1", method="multistep", order=3, steps=n))
-               for n in nfes]
+    out: List[Tuple[str, object]] = []
+    for name, entry in REGISTRY.items():
+        try:
+            solver = entry.make(steps)
+        except (TypeError, ValueError):  # e.g. steps < the default order
+            continue
+        if all(solver != other for _, other in out):
+            out.append((name, solver))
+    return out
+
+
+def _label(spec: str, solver, n: int) -> str:
+    return f"{spec} ({solver.label()}) NFE {n}"
+
+
+def default_solvers(nfes: Sequence[int] = (10, 50), extra_specs: Sequence[str] = EXTRA_SPECS):
+    """(label, solver) pairs of the overhead measurement, from the registry.
+
+    :data:`FOCUS` at every NFE of ``nfes``; then, at ``nfes[0]``, ``extra_specs`` and every other
+    registered solver's default (:func:`registry_defaults`).
+    """
+    from scire_jax.core.solvers.registry import make_solver, solver_from_spec
+
+    solvers = [(_label(FOCUS, solver, n), solver) for n in nfes for solver in [make_solver(FOCUS, n)]]
     n = nfes[0]
-    solvers.append((f"SciRE v2 singlestep_agile o3 NFE {n}",
-                    sj.SciRE(algorithm="v2", method="singlestep_agile", order=3, steps=n)))
-    solvers.append((f"DDIM NFE {n}", sj.DDIM(steps=n, skip_type="time_uniform")))
-    if hasattr(sj, "DPMSolver"):
-        solvers.append((f"DPM-Solver++ multistep o3 NFE {n}", sj.DPMSolver(algorithm="dpmsolver++", order=3, steps=n)))
-    else:
-        print("note: sj.DPMSolver is not available: skipped", flush=True)
-    if hasattr(sj, "UniPC"):
-        solvers.append((f"UniPC bh2 o3 NFE {n}", sj.UniPC(variant="bh2", order=3, steps=n)))
-    else:
-        print("note: sj.UniPC is not available: skipped", flush=True)
+    for spec in extra_specs:
+        solver = solver_from_spec(spec, n)
+        solvers.append((_label(spec, solver, n), solver))
+    for name, solver in registry_defaults(n):
+        if all(solver != other for _, other in solvers):
+            solvers.append((_label(name, solver, n), solver))
     return solvers
 
 
@@ -162,6 +189,7 @@ def overhead(solvers=None, repeats: int = 7, batch: int = 16, size: int = 32, ch
     """
     import jax
     import jax.numpy as jnp
+
     import scire_jax as sj
 
     rows = []
@@ -185,7 +213,7 @@ def overhead(solvers=None, repeats: int = 7, batch: int = 16, size: int = 32, ch
                 network_times, solve_times = [], []
                 for _ in range(repeats):  # interleaved, so that both see the same machine load
                     network_times.append(_median_time(lambda: jax.block_until_ready(network(params, x_start, t_input)), 3))
-                    solve_times.append(_median_time(lambda: jax.block_until_ready(solve(params, x_start)), 1))
+                    solve_times.append(_median_time(lambda solve=solve: jax.block_until_ready(solve(params, x_start)), 1))
                 network_s = float(np.median(network_times))
                 solve_s = float(np.median(solve_times))
                 row = {"solver": label, "trajectory": with_trajectory, "nfe": nfe, "network_s": network_s,
@@ -214,6 +242,7 @@ def machine() -> Dict:
 
 def write_markdown(results: Dict, path: pathlib.Path):
     m = results["machine"]
+    channels = results["config"]["channels"]
     compile_rows = results["compile"]
     by_steps = {row["steps"]: row for row in compile_rows}
     lines = ["# Speed: compile time vs steps, solver overhead", "",
@@ -224,7 +253,7 @@ def write_markdown(results: Dict, path: pathlib.Path):
              "median of repeats, and the ratios compare measurements taken back to back.", ""]
     lines += ["## (a) Compile time vs steps", "",
               f"`jax.jit(sample_fn, static_argnums=2).lower(params, key, shape).compile()` with `jax.clear_caches()` and a "
-              f"fresh `sample_fn` per repeat; SciRE v1 multistep order 3 on the conv net below "
+              f"fresh `sample_fn` per repeat; `{compile_rows[0].get('solver', FOCUS) if compile_rows else FOCUS}` on the conv net below "
               f"(batch {results['config']['batch']}, {results['config']['size']}x{results['config']['size']}x3, "
               f"{results['config']['channels']} channels, float32).", "",
               "| steps | NFE | scan segments | trace (s) | XLA compile (s) | total (s) | host plan (ms) |",
@@ -246,8 +275,8 @@ def write_markdown(results: Dict, path: pathlib.Path):
               "`time(jax.jit(sj.solve) with NFE n) / (n x time(jitted network call))`, same shapes, warm, "
               f"`block_until_ready`, median of {results['overhead'][0]['repeats'] if results['overhead'] else '?'} repeats "
               "(each repeat times 3 network calls then one solve, interleaved, so both see the same load). "
-              "Network: conv 3x3 3 -> 64, + Dense(sinusoidal time embedding), SiLU, conv 3x3 64 -> 64, SiLU, conv 3x3 "
-              f"64 -> 3; batch {results['config']['batch']}, {results['config']['size']}x{results['config']['size']}x3, float32; "
+              f"Network: conv 3x3 3 -> {channels}, + Dense(sinusoidal time embedding), SiLU, conv 3x3 {channels} -> "
+              f"{channels}, SiLU, conv 3x3 {channels} -> 3; batch {results['config']['batch']}, {results['config']['size']}x{results['config']['size']}x3, float32; "
               "schedule: discrete DDPM (betas linspace(1e-4, 0.02, 1000)) through `sj.wrap_model`.", "",
               "| solver | trajectory | NFE | network call (ms) | solve (ms) | overhead ratio |", "|---|---|---|---|---|---|"]
     for row in results["overhead"]:
@@ -266,11 +295,11 @@ def write_markdown(results: Dict, path: pathlib.Path):
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
-    parser.add_argument("--out", default=str(HERE.parent / "docs"), help="folder of speed.md (default: docs/)")
+    parser.add_argument("--out", default=".", help="folder of speed.md (default: the current directory)")
     parser.add_argument("--json", default=None, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
-        config = {"batch": 2, "size": 8, "channels": 8, "steps": (5, 20), "compile_repeats": 1, "repeats": 3, "nfes": (5,)}
+        config = {"batch": 2, "size": 8, "channels": 8, "steps": (10, 200), "compile_repeats": 1, "repeats": 3, "nfes": (5,)}
     else:
         config = {"batch": 16, "size": 32, "channels": 64, "steps": (10, 50, 200), "compile_repeats": 5, "repeats": 9,
                   "nfes": (10, 50)}
@@ -281,7 +310,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                                        config["channels"])
     solvers = default_solvers(config["nfes"])
     results["overhead"] = overhead(solvers, config["repeats"], config["batch"], config["size"], config["channels"],
-                                   trajectory_labels=[label for label, _ in solvers if label.startswith("SciRE v1")])
+                                   trajectory_labels=[label for label, _ in solvers if label.startswith(f"{FOCUS} (")])
     results["machine"] = machine()
     results["runtime_s"] = time.perf_counter() - started
     by_steps = {row["steps"]: row["total_s"] for row in results["compile"]}

@@ -19,8 +19,13 @@ Such models need no network, so they let tests and benchmarks measure the true e
   ``N(m_c, diag(s_c^2))``, condition ``0`` the mixture of all of them;
   :meth:`ConditionalGaussians.log_prob_condition` is the exact classifier ``log p(c | x_t)``.
 
+* :class:`Product` -- independent models side by side (block-diagonal): the state is the
+  concatenation of the components' flattened states and every block's noise prediction is its
+  component's formula, so a linear solver evolves each block as if it were solved alone (up to round-off).
+
 ``alpha = schedule.alpha(t)`` and ``sigma = schedule.sigma(t)`` come from any schedule of
-:mod:`scire_jax.core.schedules` (per sample when ``t`` has shape ``(batch,)``).  The models are frozen,
+:mod:`scire_jax.core.schedules` (per sample when ``t`` has shape ``(batch,)``).  :func:`coefficient_model_fn`
+also lets the caller supply ``alpha`` and ``sigma`` (e.g. a plan's host-computed coefficients).  The models are frozen,
 hashable, and registered as pytrees *without leaves*: pass them to ``jax.jit`` as ordinary or static
 arguments; their parameters become constants of the trace, cast to the dtype of ``x``.
 
@@ -58,9 +63,11 @@ __all__ = [
     "Gaussian",
     "GaussianMixture",
     "ConditionalGaussians",
+    "Product",
     "AnalyticModel",
     "from_manifest",
     "model_fn",
+    "coefficient_model_fn",
     "raw_model_fn",
     "classifier_fn",
     "sample_data",
@@ -400,7 +407,92 @@ class ConditionalGaussians(AnalyticModel):
         return f"ConditionalGaussians(C={self.num_classes}, shape={self.shape})"
 
 
-Model = Union[Gaussian, GaussianMixture, ConditionalGaussians]
+@_register
+@dataclasses.dataclass(frozen=True, eq=False)
+class Product(AnalyticModel):
+    """Independent analytic models side by side: the block-diagonal (product) distribution.
+
+    ``x_0 = concat(flatten(x_0^1), ..., flatten(x_0^n))`` with the blocks independent,
+    ``x_0^i ~ models[i]``.  The state of one sample is flat, ``shape = (sum_i size_i,)``, and the
+    exact noise prediction of block ``i`` is ``models[i].noise`` (its own formula) on that block::
+
+        eps(x, t) = concat_i( flatten( models[i].noise(x^i, t) ) )
+
+    Block ``i`` of the prediction only reads block ``i`` of the state, and every solver of
+    :mod:`scire_jax.core.solvers` combines states and model outputs with x-independent, elementwise
+    coefficients, so solving the product evolves each block as solving its model alone would (the
+    same arithmetic per element).  Many problems then run in one solve.
+
+    Attributes:
+      models: the component models (:class:`Gaussian`, :class:`GaussianMixture`, ... or a nested
+        :class:`Product`); a :class:`ConditionalGaussians` component uses its mixture (condition 0).
+    """
+
+    models: tuple
+
+    def __post_init__(self):
+        models = tuple(self.models)
+        if not models:
+            raise ValueError("Product needs at least one model")
+        for model in models:
+            if not isinstance(model, AnalyticModel):
+                raise ValueError(f"Product components must be analytic models, got {type(model).__name__}")
+        object.__setattr__(self, "models", models)
+
+    @property
+    def sizes(self) -> tuple:
+        """Number of elements of one sample of each component."""
+        return tuple(int(np.prod(model.shape, dtype=np.int64)) for model in self.models)
+
+    @property
+    def offsets(self) -> tuple:
+        """Start of each component's block in the flat state."""
+        return tuple(int(v) for v in np.cumsum((0,) + self.sizes[:-1]))
+
+    @property
+    def shape(self) -> tuple:
+        """Shape of one (flat) sample: ``(sum of the components' sizes,)``."""
+        return (int(sum(self.sizes)),)
+
+    def split(self, x) -> list:
+        """The components' states of a flat batch ``x`` ``(batch, size)``: ``[(batch, *models[i].shape), ...]``."""
+        return [x[:, offset:offset + size].reshape((x.shape[0],) + tuple(model.shape))
+                for model, offset, size in zip(self.models, self.offsets, self.sizes)]
+
+    def join(self, parts) -> jax.Array:
+        """The flat batch ``(batch, size)`` of the components' states (inverse of :meth:`split`)."""
+        parts = list(parts)
+        if len(parts) != len(self.models):
+            raise ValueError(f"Product.join needs {len(self.models)} parts, got {len(parts)}")
+        batch = parts[0].shape[0]
+        for part, model in zip(parts, self.models):
+            if tuple(part.shape) != (batch,) + tuple(model.shape):
+                raise ValueError(f"Product.join: a part has shape {tuple(part.shape)}, expected "
+                                 f"{(batch,) + tuple(model.shape)}")
+        return jnp.concatenate([jnp.reshape(part, (batch, -1)) for part in parts], axis=1)
+
+    def noise(self, x, t, schedule) -> jax.Array:
+        """Exact noise prediction: each block by its component's formula; shape and dtype of ``x``.
+
+        Args:
+          x: noisy samples ``(batch, size)`` (the flat concatenation, see :meth:`join`).
+          t: continuous time, scalar or ``(batch,)``.
+          schedule: a noise schedule (or any object with ``alpha(t)`` and ``sigma(t)``).
+        """
+        x = _as_float(x)
+        if x.ndim != 2 or x.shape[1] != self.shape[0]:
+            raise ValueError(f"x must have shape (batch, {self.shape[0]}), got {x.shape}")
+        parts = [_call_noise(model, part, t, schedule, None) for model, part in zip(self.models, self.split(x))]
+        return self.join(parts).astype(x.dtype)
+
+    def _key(self):
+        return tuple((type(model).__name__, model._key()) for model in self.models)
+
+    def __repr__(self):
+        return f"Product({', '.join(repr(model) for model in self.models)})"
+
+
+Model = Union[Gaussian, GaussianMixture, ConditionalGaussians, Product]
 
 
 def from_manifest(model_dict: Mapping[str, Any]) -> Model:
@@ -457,6 +549,57 @@ def model_fn(model: Model, schedule, condition=None) -> Callable:
         del params
         return _call_noise(model, x, t, schedule, condition)
 
+    return noise_fn
+
+
+class _GivenCoefficients:
+    """A stand-in schedule whose ``alpha(t)``, ``sigma(t)`` are given values (broadcast to ``t``'s shape)."""
+
+    def __init__(self, alpha, sigma):
+        self._alpha = alpha
+        self._sigma = sigma
+
+    def alpha(self, t):
+        return jnp.broadcast_to(jnp.asarray(self._alpha), jnp.shape(t))
+
+    def sigma(self, t):
+        return jnp.broadcast_to(jnp.asarray(self._sigma), jnp.shape(t))
+
+
+def coefficient_model_fn(model: Model, schedule=None, condition=None) -> Callable:
+    """The exact model with caller-supplied coefficients: ``noise_fn.noise(params, x, t, alpha, sigma)``.
+
+    The executor (:func:`scire_jax.execute`) calls ``noise_fn.noise`` when it exists, passing the
+    plan's host-computed ``alpha`` and ``sigma`` of every evaluation, so the model is evaluated with
+    exactly the coefficients the solver used -- and needs no schedule (one compiled solve then serves
+    plans of several schedules).  The formulas are the models' own (``model.noise``), evaluated with
+    ``alpha`` and ``sigma`` in place of ``schedule.alpha(t)``, ``schedule.sigma(t)``.
+
+    Args:
+      model: an analytic model (e.g. a :class:`Product` of several problems).
+      schedule: optional schedule for the plain call ``noise_fn(params, x, t)`` (as :func:`model_fn`);
+        without one the plain call raises.
+      condition: default condition id(s) for a :class:`ConditionalGaussians`.
+
+    Returns:
+      ``noise_fn(params, x, t)`` with the attribute ``noise_fn.noise(params, x, t, alpha, sigma)``
+      (``alpha``, ``sigma``: scalars or ``(batch,)``; ``t`` is passed through and unused by the formulas).
+    """
+
+    def noise_fn(params, x, t, condition=condition):
+        del params
+        if schedule is None:
+            raise ValueError("this noise_fn has no schedule: call noise_fn.noise(params, x, t, alpha, sigma), "
+                             "or build it with coefficient_model_fn(model, schedule)")
+        return _call_noise(model, x, t, schedule, condition)
+
+    def noise(params, x, t, alpha, sigma, condition=condition):
+        del params
+        x = _as_float(x)
+        t = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
+        return _call_noise(model, x, t, _GivenCoefficients(alpha, sigma), condition)
+
+    noise_fn.noise = noise
     return noise_fn
 
 
