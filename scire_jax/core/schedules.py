@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Optional
 
@@ -91,7 +92,10 @@ def interpolate(x, xp_keys, fp_keys):
     else:
         x = np.asarray(x, dtype=np.float64)
     count = xp_keys.shape[0]
-    index = xp.clip(xp.searchsorted(xp_keys, x, side="right") - 1, 0, count - 2)
+    if xp is np and x.ndim == 0:  # host scalars (plan building): skip clip's dispatch overhead
+        index = min(max(int(np.searchsorted(xp_keys, x, side="right")) - 1, 0), count - 2)
+    else:
+        index = xp.clip(xp.searchsorted(xp_keys, x, side="right") - 1, 0, count - 2)
     x_left = xp_keys[index]
     x_right = xp_keys[index + 1]
     f_left = fp_keys[index]
@@ -241,15 +245,22 @@ class DiscreteSchedule(NoiseSchedule):
     def default_time_input(self) -> str:
         return "discrete"
 
-    @property
+    @functools.cached_property
     def time_table(self) -> np.ndarray:
-        return np.linspace(0.0, 1.0, self.total_n + 1)[1:]
+        table = np.linspace(0.0, 1.0, self.total_n + 1)[1:]
+        table.setflags(write=False)
+        return table
+
+    @functools.cached_property
+    def _reversed_tables(self):
+        # the inverse interpolates over ascending log alpha: the tables reversed, built once
+        return np.ascontiguousarray(self.log_alpha_table[::-1]), np.ascontiguousarray(self.time_table[::-1])
 
     def log_alpha(self, t):
         return interpolate(t, self.time_table, self.log_alpha_table)
 
     def _time_from_log_alpha(self, log_alpha):
-        return interpolate(log_alpha, self.log_alpha_table[::-1], self.time_table[::-1])
+        return interpolate(log_alpha, *self._reversed_tables)
 
     def check_time_range(self, t_start, t_end):
         super().check_time_range(t_start, t_end)

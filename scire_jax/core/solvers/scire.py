@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import warnings
@@ -74,7 +75,8 @@ def series_phi(x: float, n: int) -> List[float]:
     return partial_sums[2:n + 2]
 
 
-def multistep_phi_schedule(steps: int, order: int) -> List[float]:
+@functools.lru_cache(maxsize=64)
+def multistep_phi_schedule(steps: int, order: int) -> Tuple[float, ...]:
     """phi of multistep steps ``i = 1..steps`` (official HEAD schedule, SPEC.md §5.2)."""
     phis = series_phi(1.0, steps + 1)
     half = steps // 2
@@ -89,10 +91,11 @@ def multistep_phi_schedule(steps: int, order: int) -> List[float]:
         else:
             index = 2 * (steps - i)
         values.append(phis[index])
-    return values
+    return tuple(values)
 
 
-def singlestep_phi_schedule(outer_steps: int, k: int) -> List[float]:
+@functools.lru_cache(maxsize=64)
+def singlestep_phi_schedule(outer_steps: int, k: int) -> Tuple[float, ...]:
     """phi of singlestep outer steps ``j = 0..outer_steps-1`` with ``K = k`` (SPEC.md §5.3)."""
     phis = series_phi(1.0, k)
     values = []
@@ -106,7 +109,7 @@ def singlestep_phi_schedule(outer_steps: int, k: int) -> List[float]:
             if index < 0:  # the agile extra step wraps like Python's phis[-1]
                 index += k
         values.append(phis[index])
-    return values
+    return tuple(values)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,8 +184,8 @@ class SciRE(base.Solver):
     def _space(self, schedule) -> base.ScaledSpace:
         return base.ScaledSpace(schedule, "alpha" if self.algorithm == "v1" else "sigma")
 
-    def _phi_values(self, official: List[float]) -> List[float]:
-        return official if self.phi == "official" else [float(self.phi)] * len(official)
+    def _phi_values(self, official) -> List[float]:
+        return list(official) if self.phi == "official" else [float(self.phi)] * len(official)
 
     def grid_options(self):
         return {"nsr_shift": self.nsr_shift}
@@ -190,14 +193,16 @@ class SciRE(base.Solver):
     def _grid(self, schedule, t_start, t_end, n):
         return time_grid(schedule, self.skip_type, t_start, t_end, n, nsr_shift=self.nsr_shift)
 
-    def _multistep_phis(self) -> List[float]:
-        return self._phi_values(multistep_phi_schedule(self.steps, self.order))
+    def _multistep_phi(self, i: int) -> float:
+        if self.phi != "official":
+            return float(self.phi)
+        return multistep_phi_schedule(self.steps, self.order)[i - 1]
 
     def step_phi(self, i: int, order: int) -> float:
-        return self._multistep_phis()[i - 1] if order > 1 else float("nan")
+        return self._multistep_phi(i) if order > 1 else float("nan")
 
     def multistep_combination(self, schedule, grid, i: int, order: int) -> Combination:
-        return self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], order, self._multistep_phis()[i - 1])
+        return self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], order, self._multistep_phi(i))
 
     def multistep_update(self, schedule, times, order: int, phi: float) -> Combination:
         """The x-space multistep update to ``times[-1]`` from the history at ``times[:-1]`` (oldest first)."""
@@ -244,7 +249,7 @@ class SciRE(base.Solver):
 
     def singlestep_interval(self, schedule, s: float, t: float, order: int, j: int, count: int) -> Step:
         k = self.steps // self.order
-        phi = self._phi_values(singlestep_phi_schedule(count, k))[j]
+        phi = singlestep_phi_schedule(count, k)[j] if self.phi == "official" else float(self.phi)
         r1, r2 = self._inner_ratios(schedule, s, t, order)
         return self.singlestep_step(schedule, s, t, order, phi, r1, r2)
 
