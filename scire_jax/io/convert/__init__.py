@@ -3,11 +3,9 @@
 * :func:`convert_diffusers` -- a diffusers ``UNet2DModel`` folder (safetensors without torch, or .bin).
 * :func:`convert_ddpm` -- an original DDPM checkpoint (``temb.dense``, ``down.{i}.block.{j}`` ...).
 * :func:`schedule_from_scheduler_config` -- diffusers ``scheduler_config.json`` -> schedule + prediction.
-* :func:`convert_main` -- either of the above into a :mod:`scire_jax.io.checkpoints` directory.
 
 Conversion is strict: a ``ValueError`` lists missing keys, unexpected keys and shape mismatches.
 """
-from scire_jax.apps.convert_cli import add_convert_parser, convert_main, run_convert
 from scire_jax.io.convert.ddpm import convert_ddpm, ddpm_to_diffusers_config
 from scire_jax.io.convert.from_diffusers import convert_diffusers, convert_state_dict
 from scire_jax.io.convert.scheduler import (betas_from_scheduler_config, prediction_from_scheduler_config,
@@ -23,7 +21,4 @@ __all__ = [
     "schedule_from_scheduler_config",
     "betas_from_scheduler_config",
     "prediction_from_scheduler_config",
-    "convert_main",
-    "add_convert_parser",
-    "run_convert",
 ]
