@@ -1,6 +1,6 @@
 """Loading the official reference outputs (tests/data/reference) and running them through scire_jax.
 
-The manifest describes every case of the official PyTorch code (SPEC/README in that folder); this
+The manifest describes every case of the official PyTorch code (tests/data/reference/README.md); this
 module turns a case into (schedule, noise_fn, solver, x_T) of ours and runs it.
 """
 

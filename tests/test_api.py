@@ -261,7 +261,7 @@ def test_series_phi_values_and_limit():
 
 
 def test_official_phi_tables_of_the_spec():
-    # SPEC.md §5.4: multistep steps=10 order=3 and singlestep K=5 (steps=10, order=2)
+    # the official phi schedules (docs/design.md section 5): multistep steps=10 order=3 and singlestep K=5 (steps=10, order=2)
     phis = sj.series_phi(1.0, 11)
     indices = [1, 3, 1, 3, 10, 8, 6, 4, 2, 0]
     np.testing.assert_allclose(multistep_phi_schedule(10, 3), [phis[i] for i in indices])

@@ -30,7 +30,7 @@ def _close(ours, reference, rtol):
     assert_parity(ours, reference, rtol, scale="max")
 
 
-# float32 blocks carry the official float32 cancellations (SPEC.md §8.13: up to ~1e-3 near t_end);
+# float32 blocks carry the official float32 cancellations (up to ~1e-3 near t_end, tests/data/reference/README.md);
 # our host math is float64 and stable, so they are compared with that tolerance.
 def _rtol(block):
     return 1e-10 if block["dtype"] == "float64" else 2e-3

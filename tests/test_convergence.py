@@ -3,7 +3,7 @@
 Error is the RMS distance of x(t_end) to the closed-form probability-flow solution, NFE in
 {40, 80, 160}; every slope is asserted within +-0.3 of the order the method shows.  Where that
 order differs from the nominal one, the reason is stated (and matches the official code, see
-tests/data/reference/README.md and SPEC.md §4.7):
+tests/data/reference/README.md and docs/design.md section 5):
 
 * SciRE with the official phi (~0.632) converges at order ~1 whatever its nominal order: the
   recursive-difference correction is multiplied by 1/phi, leaving an O(h^2) local error.

@@ -1,7 +1,7 @@
 """Parity with the official PyTorch code (SciRE-Solver and DPM-Solver) on every case of the reference set.
 
 Cases are collected from tests/data/reference/manifest.json; none is skipped: each is either
-compared with the official output, or checked as one of the documented deviations of DESIGN.md §1
+compared with the official output, or checked as one of the documented deviations of docs/design.md (section 6)
 (a ValueError at build time, or a fixed defect whose fixed behaviour is tested).
 """
 
@@ -19,7 +19,7 @@ from scire_jax.models import analytic
 
 pytestmark = pytest.mark.usefixtures("x64")  # parity with float64 references
 
-# Official "ok" cases that show a defect we fix (DESIGN.md §1, point 1):
+# Official "ok" cases that show a defect we fix (docs/design.md, section 6):
 #  cosine + singlestep: the official code performs no update at all (no model call);
 #  singlestep_fixed with steps < order: the official code silently returns the rescaled input.
 COSINE_SINGLESTEP_NO_OP = {"scire_extras-030", "scire_extras-031"}

@@ -47,7 +47,7 @@ __all__ = [
     "interpolate",
 ]
 
-# Network time conventions (DESIGN.md §1, point 7).
+# Network time conventions (docs/design.md, section 4).
 TIME_INPUTS = ("discrete", "continuous", "scaled")
 
 
@@ -402,7 +402,7 @@ class EDMSchedule(NoiseSchedule):
         return (float(self.sigma_min), float(self.sigma_max))
 
 
-# -- constructors (the public API of DESIGN.md §3) ---------------------------------------------------
+# -- constructors -------------------------------------------------------------------------------------------
 
 
 def _check_table(name, values, low, high):

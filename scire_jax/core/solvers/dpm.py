@@ -6,7 +6,7 @@ Exponential integrators in the half log-SNR ``lambda = log(alpha / sigma)``, ``h
 * DPM-Solver++ (data prediction), first order: ``x_t = (sigma_t/sigma_s) x_s - alpha_t (e^{-h} - 1) x0_s``;
 
 and their singlestep (2/3 stages) and multistep (2/3 history terms) higher orders with the
-``"dpmsolver"`` or ``"taylor"`` correction terms, exactly as ``dpm_solver_pytorch.py`` (SPEC.md §9),
+``"dpmsolver"`` or ``"taylor"`` correction terms, exactly as the official ``dpm_solver_pytorch.py``,
 including its rule that ``lower_order_final`` only acts for fewer than 10 steps.  The adaptive
 method is not provided.
 

@@ -30,7 +30,7 @@ from scire_jax.core.solvers.scire import SciRE
 from scire_jax.core.solvers.unipc import UniPC
 
 __all__ = ["SolverEntry", "REGISTRY", "register", "solver_names", "get_solver", "make_solver", "solver_fields",
-           "solver_from_spec"]
+           "solver_from_spec", "markdown_table"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +129,16 @@ def parse_spec(spec: str) -> Tuple[str, Dict[str, Any]]:
             raise ValueError(f"solver {spec!r}: field {key!r} is not allowed for {name}; allowed: {', '.join(allowed)}")
         fields[key] = _parse_value(value.strip())
     return name, fields
+
+
+def markdown_table() -> str:
+    """The registry as the README's markdown table (name, class, fixed and default fields, description)."""
+    rows = ["| name | class | fixed fields | default fields | description |", "|---|---|---|---|---|"]
+    for entry in REGISTRY.values():
+        fixed = ", ".join(f"`{k}={v!r}`" for k, v in entry.fixed.items()) or "-"
+        defaults = ", ".join(f"`{k}={v!r}`" for k, v in entry.defaults.items()) or "-"
+        rows.append(f"| `{entry.name}` | `sj.{entry.cls.__name__}` | {fixed} | {defaults} | {entry.description} |")
+    return "\n".join(rows)
 
 
 def solver_from_spec(spec: str, steps: int) -> Solver:

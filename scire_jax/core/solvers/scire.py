@@ -19,7 +19,7 @@ The derivative of ``F`` is estimated by a *recursive difference*: finite differe
 * multistep order 2:               ``y_t = y + h F_0 + h / (2 phi) (F_0 - F_1) / rho^(1/4)``
 * multistep order 3:               ``y_t = y + h F_0 + h/(2 a0 phi) D1 + h/(6 a0 phi a1 phi) D2``
 
-(SPEC.md §4 has every coefficient.)  The official per-step ``phi`` schedule (SPEC.md §5) is
+(docs/design.md, section 5, has every coefficient.)  The official per-step ``phi`` schedule is
 reproduced by ``phi="official"``; a float gives a constant ``phi`` (2/3 as the README's EDM
 setting, ``1 - 1/e``, or ``1.0`` = plain finite differences, the variant of nominal order).
 
@@ -77,7 +77,7 @@ def series_phi(x: float, n: int) -> List[float]:
 
 @functools.lru_cache(maxsize=64)
 def multistep_phi_schedule(steps: int, order: int) -> Tuple[float, ...]:
-    """phi of multistep steps ``i = 1..steps`` (official HEAD schedule, SPEC.md §5.2)."""
+    """phi of multistep steps ``i = 1..steps`` (the official schedule, docs/design.md section 5)."""
     phis = series_phi(1.0, steps + 1)
     half = steps // 2
     values = []
@@ -96,7 +96,7 @@ def multistep_phi_schedule(steps: int, order: int) -> Tuple[float, ...]:
 
 @functools.lru_cache(maxsize=64)
 def singlestep_phi_schedule(outer_steps: int, k: int) -> Tuple[float, ...]:
-    """phi of singlestep outer steps ``j = 0..outer_steps-1`` with ``K = k`` (SPEC.md §5.3)."""
+    """phi of singlestep outer steps ``j = 0..outer_steps-1`` with ``K = k`` (docs/design.md section 5)."""
     phis = series_phi(1.0, k)
     values = []
     for j in range(outer_steps):
@@ -215,7 +215,7 @@ class SciRE(base.Solver):
 
     @staticmethod
     def multistep_weights(nsr, h: float, order: int, phi: float):
-        """History weights (age 1 = newest) of a multistep update (SPEC.md §4.5-4.6).
+        """History weights (age 1 = newest) of a multistep update (docs/design.md section 5).
 
         Args:
           nsr: NSR at the previous points and the target, oldest first (the last 2..4 grid points).
@@ -255,7 +255,7 @@ class SciRE(base.Solver):
 
     def singlestep_step(self, schedule, s: float, t: float, order: int, phi: float, r1: Optional[float] = None,
                         r2: Optional[float] = None) -> Step:
-        """One singlestep update from ``s`` to ``t`` (SPEC.md §4.2-4.4); ``r1``/``r2`` default to 1/2 or 1/3, 2/3."""
+        """One singlestep update from ``s`` to ``t`` (docs/design.md section 5); ``r1``/``r2`` default to 1/2 or 1/3, 2/3."""
         space = self._space(schedule)
         if r1 is None:
             r1 = 0.5 if order == 2 else 1.0 / 3.0
