@@ -259,8 +259,8 @@ class Plan:
 
 def _masks(arrays: Dict[str, np.ndarray], num_stages: int, axes=(0,)) -> Tuple[Tuple[str, Any], ...]:
     """Static masks of the coefficients that are nonzero somewhere (zero terms are not traced)."""
-    def nonzero(value):
-        return np.any(value != 0, axis=axes)
+    def nonzero(value) -> np.ndarray:
+        return np.asarray(np.any(value != 0, axis=axes))
 
     stage_stage = nonzero(arrays["stage_stage"])  # (S, S)
     stage_history = nonzero(arrays["stage_history"])  # (S, H)
@@ -268,7 +268,7 @@ def _masks(arrays: Dict[str, np.ndarray], num_stages: int, axes=(0,)) -> Tuple[T
         ("stage_stage", tuple(tuple(bool(v) for v in stage_stage[k]) for k in range(num_stages))),
         ("stage_history", tuple(tuple(bool(v) for v in stage_history[k]) for k in range(num_stages))),
         ("stage_state", tuple(bool(v) for v in nonzero(arrays["stage_state"]))),
-        ("stage_state_is_one", tuple(bool(v) for v in np.all(arrays["stage_state"] == 1, axis=axes))),
+        ("stage_state_is_one", tuple(bool(v) for v in np.asarray(np.all(arrays["stage_state"] == 1, axis=axes)))),
         ("out_stage", tuple(bool(v) for v in nonzero(arrays["out_stage"]))),
         ("out_history", tuple(bool(v) for v in nonzero(arrays["out_history"]))),
         ("out_state", bool(np.any(arrays["out_state"] != 0))),
@@ -517,13 +517,14 @@ def execute_plan(plan: Plan, evaluate: Callable, x: jax.Array, *, return_traject
                 post = evaluate(new_state, row["time"], row["post_alpha"], row["post_sigma"], segment.kind)
             if segment.push is not None and history_size:
                 pushed = outputs[0] if segment.push == "stage0" else post
+                assert pushed is not None  # a "post" push always has a post-evaluation (build_plan_from_steps)
                 hist = jnp.concatenate([hist[1:], pushed[None].astype(dtype)], axis=0)
             if callback is not None:
                 jax.debug.callback(callback, row["step_index"], row["time"], ordered=True)
             return (new_state.astype(dtype), hist), (new_state if (return_trajectory and segment.record) else None)
 
         (x, history), recorded = jax.lax.scan(body, (x, history), rows)
-        if return_trajectory and segment.record:
+        if return_trajectory and segment.record and recorded is not None:
             trajectory.append(recorded)
 
     if return_trajectory:

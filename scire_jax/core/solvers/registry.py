@@ -63,13 +63,13 @@ REGISTRY: Dict[str, SolverEntry] = {}
 RESERVED_FIELDS = ("steps", "times", "thresholding", "correct_xt")
 
 
-def register(name: str, cls: Type[Solver], defaults: Mapping[str, Any] = (), label: str = "",
-             description: str = "", fixed: Mapping[str, Any] = (), fields: Optional[Sequence[str]] = None
+def register(name: str, cls: Type[Solver], defaults: Optional[Mapping[str, Any]] = None, label: str = "",
+             description: str = "", fixed: Optional[Mapping[str, Any]] = None, fields: Optional[Sequence[str]] = None
              ) -> SolverEntry:
     """Add ``name`` to :data:`REGISTRY` with its default and fixed fields."""
     if not (isinstance(cls, type) and issubclass(cls, Solver)):
         raise ValueError(f"register({name!r}, {cls!r}): the class must derive from scire_jax.core.solvers.base.Solver")
-    entry = SolverEntry(name, cls, dict(defaults), dict(fixed), label or cls.__name__, description,
+    entry = SolverEntry(name, cls, dict(defaults or {}), dict(fixed or {}), label or cls.__name__, description,
                         None if fields is None else tuple(fields))
     REGISTRY[name] = entry
     return entry
