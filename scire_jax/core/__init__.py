@@ -9,7 +9,7 @@ from scire_jax.core.plans import Plan, execute_plan, stack_plans
 from scire_jax.core.sampling import (NonFiniteError, check_finite, execute, initial_noise, make_pmap_sampler,
                                      make_sampler, make_sharded_sampler, plan, solve)
 from scire_jax.core.sharding import batch_mesh, replicate
-from scire_jax.core.solvers import (DDIM, DEIS, REGISTRY, DPMSolver, SciRE, Solver, UniPC, get_solver, make_solver,
+from scire_jax.core.solvers import (DDIM, DEIS, REGISTRY, EDMHeun, DPMSolver, SciRE, Solver, UniPC, get_solver, make_solver,
                                     register, series_phi, solver_from_spec, solver_names)
 from scire_jax.core.wrapping import (Classifier, ClassifierFree, DynamicThresholding, WrappedModel,
                                      dynamic_thresholding, wrap_model)
@@ -17,7 +17,7 @@ from scire_jax.core.wrapping import (Classifier, ClassifierFree, DynamicThreshol
 __all__ = [
     "schedules", "timesteps", "Plan", "execute_plan", "stack_plans", "plan", "execute", "solve", "make_sampler",
     "initial_noise", "check_finite", "NonFiniteError", "batch_mesh", "make_sharded_sampler", "make_pmap_sampler",
-    "replicate", "Solver", "SciRE", "DDIM", "DPMSolver", "UniPC", "DEIS", "series_phi", "REGISTRY", "register",
+    "replicate", "Solver", "SciRE", "DDIM", "DPMSolver", "UniPC", "DEIS", "EDMHeun", "series_phi", "REGISTRY", "register",
     "get_solver", "make_solver", "solver_from_spec", "solver_names", "wrap_model", "WrappedModel",
     "ClassifierFree", "Classifier", "DynamicThresholding", "dynamic_thresholding",
 ]

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 from scire_jax.core.solvers.base import Solver
 from scire_jax.core.solvers.deis import DEIS
 from scire_jax.core.solvers.dpm import DPMSolver
+from scire_jax.core.solvers.heun import EDMHeun
 from scire_jax.core.solvers.scire import SciRE
 from scire_jax.core.solvers.unipc import UniPC
 
@@ -176,3 +177,5 @@ register("ddim", SciRE, {"skip_type": "time_uniform"}, "DDIM", "DDIM (eta = 0), 
          fixed={"algorithm": "v1", "method": "multistep", "order": 1},
          fields=("skip_type", "t_start", "t_end", "denoise_to_zero", "nsr_shift"))
 register("deis", DEIS, {"order": 3}, "DEIS", "DEIS multistep, logrho (as diffusers), orders 1-3 (default: 3, logSNR)")
+register("heun", EDMHeun, {}, "EDM-Heun", fixed={"order": 2},
+         description="EDM's deterministic Heun sampler (S_churn = 0): N steps, NFE = 2N - 1, karras grid")
