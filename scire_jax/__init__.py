@@ -14,12 +14,24 @@ Layers: :mod:`scire_jax.core` (the sampler library), :mod:`scire_jax.models` (ne
 :mod:`scire_jax.io` (checkpoints, converters, :func:`load_pretrained`), :mod:`scire_jax.apps`
 (command line, comparison, training, metrics).
 """
-from scire_jax.core import *  # noqa: F403 -- the core's public API is the package's
-from scire_jax.core import __all__ as _core_all
+from scire_jax.core import (
+    schedules, timesteps, Plan, execute_plan, stack_plans, plan, execute, solve, make_sampler, initial_noise,
+    check_finite, NonFiniteError, batch_mesh, make_sharded_sampler, make_pmap_sampler, replicate, Solver,
+    SciRE, DDIM, DPMSolver, UniPC, DEIS, EDMHeun, series_phi, REGISTRY, register, get_solver, make_solver,
+    solver_from_spec, solver_names, wrap_model, WrappedModel, ClassifierFree, Classifier, DynamicThresholding,
+    dynamic_thresholding,
+)
 
 __version__ = "0.1.0"
 
-__all__ = list(_core_all) + ["load_pretrained", "Pretrained", "analytic", "models", "io", "apps"]
+__all__ = [
+    "schedules", "timesteps", "Plan", "execute_plan", "stack_plans", "plan", "execute", "solve",
+    "make_sampler", "initial_noise", "check_finite", "NonFiniteError", "batch_mesh", "make_sharded_sampler",
+    "make_pmap_sampler", "replicate", "Solver", "SciRE", "DDIM", "DPMSolver", "UniPC", "DEIS", "EDMHeun",
+    "series_phi", "REGISTRY", "register", "get_solver", "make_solver", "solver_from_spec", "solver_names",
+    "wrap_model", "WrappedModel", "ClassifierFree", "Classifier", "DynamicThresholding",
+    "dynamic_thresholding", "load_pretrained", "Pretrained",
+]
 
 _LAZY = {"analytic": "scire_jax.models.analytic", "models": "scire_jax.models", "io": "scire_jax.io",
          "convert": "scire_jax.io.convert", "checkpoints": "scire_jax.io.checkpoints",

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scire_jax.models import analytic
 from scire_jax.core import schedules
+from scire_jax.models import analytic
 
 pytestmark = pytest.mark.usefixtures("x64")  # parity with float64 references
 

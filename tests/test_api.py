@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import scire_jax as sj
-from scire_jax.models import analytic
 from scire_jax.core.solvers.scire import multistep_phi_schedule, singlestep_phi_schedule
+from scire_jax.models import analytic
 
 DDPM_BETAS = np.linspace(1e-4, 0.02, 1000)
 

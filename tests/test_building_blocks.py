@@ -4,11 +4,10 @@ phi series, interpolation, thresholding, model wrapper and every single update f
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference_cases as rc
 from parity import assert_parity
+
 import scire_jax as sj
-from scire_jax.models import analytic
 from scire_jax.core.schedules import interpolate
 from scire_jax.core.solvers import base
 

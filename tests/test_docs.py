@@ -37,10 +37,9 @@ def test_docstring_examples(name):
 
 
 def _text_files():
-    for path in [README, *ROOT.joinpath("docs").glob("*.md"), *ROOT.joinpath("scire_jax").rglob("*.py"),
+    yield from [README, *ROOT.joinpath("docs").glob("*.md"), *ROOT.joinpath("scire_jax").rglob("*.py"),
                  *ROOT.joinpath("benchmarks").glob("*.py"), *ROOT.joinpath("benchmarks").glob("*.md"),
-                 *ROOT.joinpath("colab").glob("*.py"), *ROOT.joinpath("colab").glob("*.md")]:
-        yield path
+                 *ROOT.joinpath("colab").glob("*.py"), *ROOT.joinpath("colab").glob("*.md")]
 
 
 def test_every_referenced_file_exists_in_the_repository():

@@ -5,15 +5,13 @@ compared with the official output, or checked as one of the documented deviation
 (a ValueError at build time, or a fixed defect whose fixed behaviour is tested).
 """
 
-import warnings
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import reference_cases as rc
 from parity import assert_parity
+
 import scire_jax as sj
 from scire_jax.models import analytic
 

@@ -54,7 +54,7 @@ TIME_INPUTS = ("discrete", "continuous", "scaled")
 def _array_module(*values: Any):
     """numpy (float64 host math) unless any input is a JAX array or tracer."""
     for value in values:
-        if isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):
+        if isinstance(value, jax.Array):  # tracers are jax.Array instances too
             return jnp
     return np
 
@@ -439,7 +439,16 @@ def discrete(betas=None, alphas_cumprod=None, clip_log_snr: Optional[float] = No
         log_alphas = 0.5 * np.cumsum(np.log1p(-betas))
     else:
         alphas_cumprod = _check_table("alphas_cumprod", alphas_cumprod, 0.0, 1.0)
+        steps = np.diff(alphas_cumprod)
+        if np.any(steps >= 0):
+            first = int(np.argmax(steps >= 0))
+            raise ValueError(f"alphas_cumprod must be strictly decreasing (noise grows with time), but "
+                             f"alphas_cumprod[{first + 1}]={float(alphas_cumprod[first + 1])!r} >= alphas_cumprod[{first}]="
+                             f"{float(alphas_cumprod[first])!r}; pass the table in training order (t = 1 .. N)")
         log_alphas = 0.5 * np.log(alphas_cumprod)
+    if clip_log_snr is not None and (isinstance(clip_log_snr, bool) or not isinstance(clip_log_snr, (int, float))
+                                     or not math.isfinite(clip_log_snr)):
+        raise ValueError(f"clip_log_snr={clip_log_snr!r} is not allowed: it must be a finite number (DPM-Solver: -5.1)")
     if clip_log_snr is not None:
         log_sigmas = 0.5 * np.log(-np.expm1(2.0 * log_alphas))
         log_snrs = log_alphas - log_sigmas

@@ -32,7 +32,6 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-
 __all__ = ["batch_mesh", "replicate", "shard_batch", "pmap_batch"]
 
 BATCH_AXIS = "batch"

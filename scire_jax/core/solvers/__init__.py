@@ -6,10 +6,17 @@ line, ``compare`` and the benchmarks.
 """
 from scire_jax.core.solvers.base import Solver
 from scire_jax.core.solvers.deis import DEIS
-from scire_jax.core.solvers.heun import EDMHeun
 from scire_jax.core.solvers.dpm import DPMSolver
-from scire_jax.core.solvers.registry import (REGISTRY, get_solver, make_solver, register, solver_fields,
-                                             solver_from_spec, solver_names)
+from scire_jax.core.solvers.heun import EDMHeun
+from scire_jax.core.solvers.registry import (
+                                             REGISTRY,
+                                             get_solver,
+                                             make_solver,
+                                             register,
+                                             solver_fields,
+                                             solver_from_spec,
+                                             solver_names,
+)
 from scire_jax.core.solvers.scire import DDIM, SciRE, series_phi
 from scire_jax.core.solvers.unipc import UniPC
 

@@ -44,7 +44,7 @@ import numpy as np
 from scire_jax.core.plans import Combination, Step
 from scire_jax.core.schedules import DiscreteSchedule
 from scire_jax.core.solvers import base
-from scire_jax.core.timesteps import NSR_SHIFT, SKIP_TYPES, time_grid
+from scire_jax.core.timesteps import NSR_SHIFT, time_grid
 
 __all__ = ["SciRE", "DDIM", "series_phi", "multistep_phi_schedule", "singlestep_phi_schedule"]
 
