@@ -1,4 +1,4 @@
-"""Scale-out and speed measurements of issue 6 (numbers go to docs/scale_out.md).
+"""Scale-out and speed measurements (the committed docs/scale_out.md: `--out docs`).
 
     python benchmarks/scale_out.py            # everything (a few minutes on 2 CPU cores)
     python benchmarks/scale_out.py --quick    # tiny sizes, for CI smoke tests
@@ -259,7 +259,7 @@ def write_markdown(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(HERE.parent / "docs"))
+    parser.add_argument("--out", default=".", help="output folder (default: the current directory)")
     args = parser.parse_args(argv)
     quick = args.quick
     results = {"quick": quick, "machine": f"{os.cpu_count()} CPU cores, CPU backend"}
