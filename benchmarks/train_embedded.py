@@ -1,19 +1,24 @@
 """Train the models shipped in ``scire_jax/assets/`` (the exact commands that produced them).
 
-Shipped diffusion model ``mnist`` (16x16 MNIST, DDPM noise prediction, EMA weights), trained in
-two stages in one run folder (outside the repository)::
+Shipped diffusion model ``mnist`` (16x16 MNIST, DDPM noise prediction, EMA weights at step 10,000),
+trained in three stages of one run folder (outside the repository); each later stage resumes the
+finished run with a larger ``--steps`` (``--extend``: a warm restart of the cosine decay, recorded
+in ``stages.json``)::
 
     # stage 1: the 4,000-step schedule (warm-up 200, cosine decay 1e-3 -> 5e-5)
     nice -n 5 .venv/bin/python benchmarks/train_embedded.py diffusion --out /work/runs/mnist16 --seed 0
-    # stage 2: extend the same run to 8,000 steps (warm restart: from step 4,000 the learning rate
-    # follows the 8,000-step schedule, 5.4e-4 decaying to 5e-5; recorded in stages.json)
+    # stage 2: extend to 8,000 steps (from step 4,000 the learning rate follows the 8,000-step
+    # schedule: 5.4e-4 decaying to 5e-5)
     nice -n 5 .venv/bin/python benchmarks/train_embedded.py diffusion --out /work/runs/mnist16 --seed 0 \
         --steps 8000 --extend
+    # stage 3: extend to 10,000 steps (from step 8,000: 1.4e-4 decaying to 5e-5)
+    nice -n 5 .venv/bin/python benchmarks/train_embedded.py diffusion --out /work/runs/mnist16 --seed 0 \
+        --steps 10000 --extend
     .venv/bin/python benchmarks/train_embedded.py export --out /work/runs/mnist16
 
 (Stage 1 was itself interrupted at step 3,250 in an earlier session and resumed; resuming follows
-the identical trajectory, so the two commands above reproduce the shipped weights.  Training
-``--steps 8000`` from scratch is a *different* run: its schedule has no restart.)
+the identical trajectory, so the commands above reproduce the shipped weights.  Training
+``--steps 10000`` from scratch is a *different* run: its schedule has no restarts.)
 
 Shipped metrics classifier ``classifier_mnist16`` and its reference feature statistics::
 
@@ -22,9 +27,10 @@ Shipped metrics classifier ``classifier_mnist16`` and its reference feature stat
 The diffusion config is :data:`DIFFUSION_CONFIG` below (UNet2D with block_out_channels
 (32, 64, 64), layers_per_block 1, attention at the 4x4 level and in the mid block, GroupNorm 8
 groups; 1.11 M parameters; AdamW lr 1e-3, 200 warm-up steps, cosine decay to 5e-5, clip 1.0,
-EMA 0.999, batch 64, 4,000 steps, seed 0; stage 2 changes only ``steps`` to 8,000).  The run is resumable: re-running the ``diffusion``
-command continues from the latest checkpoint in ``--out`` on the identical trajectory.
-See ``docs/embedded_model.md`` for the measured wall time, loss and sample metrics.
+EMA 0.999, batch 64, 4,000 steps, seed 0; stages 2 and 3 change only ``steps``, to 8,000 and
+10,000).  The run is resumable: re-running the ``diffusion`` command continues from the latest
+checkpoint in ``--out`` on the identical trajectory.  See ``docs/embedded_model.md`` for the
+measured wall time, loss and sample metrics of every stage.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from scire_jax import train as train_lib  # noqa: E402
+from scire_jax.apps import train as train_lib  # noqa: E402
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scire_jax", "assets")
 
@@ -63,11 +69,11 @@ def evaluate(args) -> int:
     import numpy as np
 
     import scire_jax as sj
-    from scire_jax.apps import metrics
+    from scire_jax.apps import images, metrics
     from scire_jax.io.pretrained import load_pretrained
 
-    apply_fn, params, schedule, prediction = load_pretrained(args.model)
-    noise_fn = sj.wrap_model(apply_fn, schedule, prediction=prediction)
+    model = load_pretrained(args.model)
+    params, schedule, noise_fn = model.params, model.schedule, model.noise_fn()
     ref = metrics.load_reference_stats()
     print(json.dumps({k: float(ref[k]) for k in ref if k.startswith("fd_")}))
     for nfe in args.nfe:
@@ -78,13 +84,14 @@ def evaluate(args) -> int:
                 solver = sj.DDIM(steps=nfe)
             sample_fn = jax.jit(sj.make_sampler(solver, schedule, noise_fn), static_argnums=2)
             t0 = time.perf_counter()
-            samples = np.asarray(sample_fn(params, jax.random.key(args.seed), (args.num, 16, 16, 1)))
+            samples = np.asarray(sample_fn(params, jax.random.key(args.seed), (args.num, *model.sample_shape)))
             elapsed = time.perf_counter() - t0
             result = metrics.sample_metrics(samples)
             result.update(solver=name, nfe=sj.plan(solver, schedule).nfe, seconds=round(elapsed, 1))
             print(json.dumps(result), flush=True)
             if args.grid and name == "scire":
-                train_lib.save_image_grid(args.grid.replace(".png", f"_nfe{nfe}.png"), samples[:64], scale=3)
+                grid = images.image_grid(np.clip(samples[:64], -1.0, 1.0), scale=3)
+                images.write_png(args.grid.replace(".png", f"_nfe{nfe}.png"), grid)
     return 0
 
 

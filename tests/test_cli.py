@@ -90,7 +90,8 @@ def test_bad_arguments_exit_nonzero_with_one_line(tiny_checkpoint, tmp_path, arg
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".scire-jax-")]
 
 
-def test_chunked_sampling_equals_one_batch_and_options_apply(tiny_checkpoint, tmp_path, capsys):
+def test_chunked_sampling_equals_one_batch_and_options_apply(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SCIRE_JAX_PROGRESS", "1")  # the progress bar, also off a terminal
     whole, chunked, phi = tmp_path / "whole.npz", tmp_path / "chunked.npz", tmp_path / "phi.npz"
     common = ["sample", "--checkpoint", tiny_checkpoint, "--num", "7", "--steps", "6", "--seed", "3"]
     assert cli.main(common + ["--out", str(whole)]) == 0
@@ -126,7 +127,9 @@ def test_compare_writes_labelled_grid_and_tables(tiny_checkpoint, tmp_path, caps
     assert "RMSE vs DPM++ 3M x40, first 4 samples" in printed and "classifier metrics skipped" in printed  # 8x8: no classifier
     width, height = _png_size(out)
     # 3 rows of 2x2-sample tiles (19 px) + labels; columns NFE 3, NFE 6, reference
-    assert height == 5 + 2 * 3 + 3 * (19 + 3) and width > 3 * (19 + 3)
+    from scire_jax.apps.images import text_size
+
+    assert height == text_size("")[1] + 2 * 3 + 3 * (19 + 3) and width > 3 * (19 + 3)
     import json
 
     record = json.loads((tmp_path / "cmp.json").read_text())
@@ -170,8 +173,10 @@ def test_train_config_mismatch_is_one_line(tmp_path, capsys):
               "--save-every", "2", "--sample-every", "0", "--log-every", "1"]
     import json
 
-    (tmp_path / "tiny.json").write_text(json.dumps({"model": {"arch": "tiny", "channels": 4, "depth": 1},
-                                                    "batch_size": 16, "warmup_steps": 1}))
+    tiny_unet = {"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8],
+                 "layers_per_block": 1, "down_block_types": ["DownBlock2D"], "up_block_types": ["UpBlock2D"],
+                 "norm_num_groups": 4, "mid_block_type": None}
+    (tmp_path / "tiny.json").write_text(json.dumps({"model": tiny_unet, "batch_size": 16, "warmup_steps": 1}))
     assert cli.main(common + ["--steps", "2"]) == 0
     capsys.readouterr()
     assert cli.main(common + ["--steps", "3", "--learning-rate", "0.5"]) == 2

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import scire_jax as sj
-from scire_jax.apps import comparison
-from scire_jax.apps import images
+from scire_jax.apps import comparison, images
 
 
 @pytest.mark.parametrize("spec,expected", [
@@ -30,7 +29,7 @@ def test_solver_from_spec_builds_the_same_plan(spec, expected):
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("heun", "solver 'heun' is not allowed"),
+    ("euler", "solver 'euler' is not allowed"),
     ("scire:steps=4", "field 'steps' is not allowed"),
     ("scire:order", "write FIELD=VALUE"),
     ("dpmsolver++:algorithm=dpmsolver", "contradicts the name"),
@@ -41,7 +40,7 @@ def test_solver_from_spec_errors_name_the_field(spec, message):
         comparison.solver_from_spec(spec, 10)
 
 
-def test_first_index_offsets_the_noise_and_chunks_reassemble():
+def test_first_index_offsets_the_noise_and_chunks_reassemble(x64):
     schedule = sj.schedules.linear()
     noise_fn = sj.analytic.model_fn(sj.analytic.Gaussian(jnp.full(3, 0.5), jnp.full(3, 0.3)), schedule)
     sample_fn = sj.make_sampler(sj.SciRE(steps=6), schedule, noise_fn)
@@ -72,13 +71,111 @@ def test_labelled_grid_layout():
     tile = np.full((6, 8, 1), 100, np.uint8)
     image = images.labelled_grid([[tile, tile, tile], [tile, tile, tile]], ["A", "LONGER"], ["1", "2", "3"],
                                  scale=2, gap=2)
-    left = images.text_mask("LONGER").shape[1] + 4
-    top = images.GLYPH_HEIGHT + 4
-    assert image.shape == (2 * (top + 2 * (6 + 2)), 2 * (left + 3 * (8 + 2)), 1)
-    assert (image[2 * top:2 * (top + 6), 2 * left:2 * (left + 8)] == 100).all()
-    assert image[:2 * top].max() == 255  # column labels drawn
+    line = images.text_size("", 2)[1]
+    left = images.text_size("LONGER", 2)[0] + 2 * 4
+    top = line + 2 * 4
+    row, column = max(12, line) + 4, max(16, images.text_size("3", 2)[0]) + 4
+    assert image.shape == (top + 2 * row, left + 3 * column, 1) and image.dtype == np.uint8
+    y, x = top + (row - 4 - 12) // 2, left + (column - 4 - 16) // 2
+    assert (image[y:y + 12, x:x + 16] == 100).all()  # the first tile, upscaled 2x
+    assert image[:top].max() > 200 and image[top:, :left].max() > 200  # column and row labels drawn
+    assert images.text_size("LONGER")[0] > images.text_size("A")[0] > 0  # real text, proportional
     with pytest.raises(ValueError, match="expected 2 rows x 3 columns"):
         images.labelled_grid([[tile, tile]], ["A", "B"], ["1", "2", "3"])
+
+
+def test_labelled_grid_columns_fit_their_labels_and_keep_rgb():
+    tile = np.zeros((4, 4, 3), np.uint8)
+    image = images.labelled_grid([[tile, tile]], ["row"], ["A LONG COLUMN LABEL", "B"])
+    assert image.shape[-1] == 3
+    label = images.text_size("A LONG COLUMN LABEL")[0]
+    assert image.shape[1] >= images.text_size("row")[0] + 6 + label + 3 + 4 + 3
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])  # white on black: grey labels
+
+
+def test_progress_bar_is_hidden_off_a_terminal_unless_forced(monkeypatch):
+    import io
+
+    from scire_jax.apps import progress
+
+    monkeypatch.delenv(progress.ENVIRONMENT_VARIABLE, raising=False)
+    stream = io.StringIO()
+    with progress.progress(3, "hidden", "chunk", file=stream) as bar:
+        bar.update(3)
+    assert stream.getvalue() == ""
+    with progress.progress(3, "forced", "chunk", disable=False, file=stream) as bar:
+        bar.update(3)
+    assert "forced" in stream.getvalue() and "3/3" in stream.getvalue()
+    monkeypatch.setenv(progress.ENVIRONMENT_VARIABLE, "1")
+    forced = io.StringIO()
+    with progress.progress(2, "by environment", file=forced) as bar:
+        bar.update(2)
+    assert "2/2" in forced.getvalue()
+    monkeypatch.setenv(progress.ENVIRONMENT_VARIABLE, "0")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    with progress.progress(2, "off", file=terminal) as bar:
+        bar.update(2)
+    assert terminal.getvalue() == ""
+    monkeypatch.delenv(progress.ENVIRONMENT_VARIABLE)
+    with progress.progress(2, "on a terminal", file=terminal) as bar:
+        bar.update(2)
+    assert "2/2" in terminal.getvalue()
+
+
+def test_sample_in_chunks_progress_counts_samples(monkeypatch):
+    import io
+
+    from scire_jax.apps import progress
+
+    monkeypatch.setenv(progress.ENVIRONMENT_VARIABLE, "1")
+    schedule = sj.schedules.linear()
+    noise_fn = sj.analytic.model_fn(sj.analytic.Gaussian(jnp.zeros(2), jnp.ones(2)), schedule)
+    sample_fn = sj.make_sampler(sj.DDIM(steps=3), schedule, noise_fn)
+    stream = io.StringIO()
+    comparison.sample_in_chunks(sample_fn, None, jax.random.key(0), (7, 2), 3, progress="chunks", stream=stream)
+    assert "chunks" in stream.getvalue() and "7/7" in stream.getvalue()
+    quiet = io.StringIO()
+    comparison.sample_in_chunks(sample_fn, None, jax.random.key(0), (7, 2), 3, stream=quiet)
+    assert quiet.getvalue() == ""
+
+
+def test_step_callback_advances_a_bar_once_per_solver_step():
+    import io
+
+    from scire_jax.apps import progress
+
+    schedule = sj.schedules.linear()
+    noise_fn = sj.analytic.model_fn(sj.analytic.Gaussian(jnp.zeros(2), jnp.ones(2)), schedule)
+    solver = sj.SciRE(steps=6)
+    steps = sj.plan(solver, schedule).num_steps
+    stream = io.StringIO()
+    with progress.progress(2 * steps, "reference", "step", disable=False, file=stream) as bar:
+        sample_fn = sj.make_sampler(solver, schedule, noise_fn, callback=progress.step_callback(bar))
+        comparison.sample_in_chunks(sample_fn, None, jax.random.key(1), (4, 2), 2)
+        assert bar.n == 2 * steps  # two chunks
+    assert f"{2 * steps}/{2 * steps}" in stream.getvalue()
+
+
+def test_compare_solvers_shows_the_reference_solve_step_by_step(monkeypatch):
+    import io
+
+    from scire_jax.apps import progress
+
+    monkeypatch.setenv(progress.ENVIRONMENT_VARIABLE, "1")
+    schedule = sj.schedules.linear()
+    noise_fn = sj.analytic.model_fn(sj.analytic.Gaussian(jnp.zeros(2), jnp.ones(2)), schedule)
+    stream = io.StringIO()
+    comparison.compare_solvers(noise_fn, None, schedule, ["ddim"], [4], num=3, shape=(2,), reference_steps=20,
+                               with_metrics=False, progress=True, stream=stream)
+    text = stream.getvalue()
+    steps = sj.plan(comparison.solver_from_spec("dpm:order=3", 20), schedule).num_steps
+    assert f"{steps}/{steps} [" in text and "step" in text  # the reference: solver steps
+    assert "DDIM NFE 4" in text and "3/3" in text  # the runs: samples
 
 
 def test_compare_solvers_on_an_analytic_model_orders_and_reference():

@@ -1,7 +1,8 @@
 """Reading PyTorch-layout weights and filling Flax parameter trees strictly.
 
-* ``.safetensors`` files are read with ``safetensors.numpy`` (no torch needed); bf16 tensors, which
-  numpy cannot hold, are read through ``ml_dtypes`` and widened to float32.
+* ``.safetensors`` files are read with ``safetensors.numpy`` (no torch needed); bf16 tensors arrive
+  as ``ml_dtypes.bfloat16`` arrays (safetensors >= 0.4.3 with ``ml_dtypes``, a JAX dependency) and are
+  widened to float32.
 * ``.bin`` / ``.pt`` / ``.pth`` / ``.ckpt`` files need torch and are read with
   ``torch.load(..., map_location="cpu", weights_only=True)`` (torch is imported lazily).
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence, Tuple
 
@@ -33,42 +33,18 @@ _SHOW = 5  # how many keys of each kind an error message lists
 # -- reading files --------------------------------------------------------------------------------
 
 
-def _read_safetensors_fallback(path: Path) -> Dict[str, np.ndarray]:
-    """Minimal reader for dtypes numpy lacks (bf16): header JSON + raw little-endian buffers."""
-    import ml_dtypes
-
-    dtypes = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-    data = path.read_bytes()
-    (header_len,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + header_len])
-    base = 8 + header_len
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in dtypes:
-            raise ValueError(f"tensor {name!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        if base + end > len(data):
-            raise ValueError("file is truncated")
-        array = np.frombuffer(data[base + start:base + end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
-        out[name] = array.astype(np.float32) if info["dtype"] == "BF16" else array.copy()
-    return out
-
-
 def _read_safetensors(path: Path) -> Dict[str, np.ndarray]:
+    """``safetensors.numpy.load_file``; bf16 tensors come back as ``ml_dtypes.bfloat16`` arrays
+    (numpy knows the type once ``ml_dtypes`` is imported) and are widened to float32."""
+    import ml_dtypes
     import safetensors.numpy
 
     try:
-        return dict(safetensors.numpy.load_file(str(path)))
-    except TypeError:  # e.g. "data type 'bfloat16' not understood"
-        try:
-            return _read_safetensors_fallback(path)
-        except Exception as error:  # noqa: BLE001 - reported as a ValueError naming the file
-            raise ValueError(f"cannot read safetensors file {str(path)!r}: {error}") from error
-    except Exception as error:  # noqa: BLE001 - SafetensorError (truncated / corrupt file), OSError
+        tensors = safetensors.numpy.load_file(str(path))
+    except Exception as error:  # noqa: BLE001 - SafetensorError (truncated / corrupt file), OSError, dtype
         raise ValueError(f"cannot read safetensors file {str(path)!r}: {error}") from error
+    return {name: array.astype(np.float32) if array.dtype == ml_dtypes.bfloat16 else array
+            for name, array in tensors.items()}
 
 
 def load_torch_object(path) -> Any:
