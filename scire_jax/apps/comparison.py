@@ -12,7 +12,7 @@ Solvers are named by the registry's specs, ``NAME[:FIELD=VALUE,...]``
 
 Example:
     >>> import jax.numpy as jnp, scire_jax as sj
-    >>> from scire_jax import comparison
+    >>> from scire_jax.apps import comparison
     >>> schedule = sj.schedules.linear()
     >>> noise_fn = sj.analytic.model_fn(sj.analytic.Gaussian(jnp.zeros(4), jnp.ones(4)), schedule)
     >>> result = comparison.compare_solvers(noise_fn, None, schedule, ["scire", "ddim"], [5, 10],

@@ -40,7 +40,7 @@ Ground truth of the probability-flow ODE.  In the SciRE variables ``y = x / alph
 Example:
     >>> import jax, numpy as np
     >>> import scire_jax as sj
-    >>> from scire_jax import analytic
+    >>> from scire_jax.models import analytic
     >>> model = analytic.Gaussian(mean=np.zeros(4), std=np.full(4, 0.5))
     >>> noise_fn = analytic.model_fn(model, sj.schedules.linear())
     >>> x = analytic.prior_sample(jax.random.PRNGKey(0), (2, 4))
