@@ -45,6 +45,7 @@ def small_unet(sample_size=32):
 
 def overhead(batches, steps, repeats, sample_size):
     import jax
+
     import scire_jax as sj
 
     module = small_unet(sample_size)
@@ -73,6 +74,7 @@ def overhead(batches, steps, repeats, sample_size):
 
 def compile_times(steps_list, repeats=1):
     import jax
+
     import scire_jax as sj
     from scire_jax.models import analytic
 
@@ -104,6 +106,7 @@ def compile_times(steps_list, repeats=1):
 
 def memory(steps_list, sample_size):
     import jax
+
     import scire_jax as sj
 
     module = small_unet(sample_size)
@@ -146,6 +149,7 @@ def device_scaling(device_counts, quick):
 
 def _scaling_child(quick):
     import jax
+
     import scire_jax as sj
 
     size = 16 if quick else 32
@@ -169,6 +173,7 @@ def diffrax_comparison(nfes, repeats):
     import diffrax
     import jax
     import jax.numpy as jnp
+
     import scire_jax as sj
     from scire_jax.models import analytic
 

@@ -20,12 +20,12 @@ from scire_jax.models import analytic
 REFERENCE = pathlib.Path(__file__).parent / "data" / "reference"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def manifest():
     return json.loads((REFERENCE / "manifest.json").read_text())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def npz(name):
     return np.load(REFERENCE / name)
 
@@ -42,7 +42,7 @@ def case_by_id(case_id):
     return next(case for case in manifest()["cases"] if case["id"] == case_id)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schedule(name, impl="scire"):
     entry = manifest()["schedules"][name]
     kind = entry["kind"]
@@ -59,7 +59,7 @@ def schedule(name, impl="scire"):
     raise ValueError(f"the reference schedule {name!r} has no scire_jax counterpart")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model(name):
     return analytic.from_manifest(manifest()["models"][name])
 

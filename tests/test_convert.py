@@ -16,11 +16,15 @@ import pytest
 import safetensors.numpy
 
 import scire_jax
-from scire_jax.io import checkpoints
-from scire_jax.io import pretrained
 from scire_jax.apps.convert_cli import add_convert_parser, convert_main
-from scire_jax.io.convert import (convert_ddpm, convert_diffusers, ddpm_to_diffusers_config, load_state_dict,
-                                  schedule_from_scheduler_config)
+from scire_jax.io import checkpoints, pretrained
+from scire_jax.io.convert import (
+    convert_ddpm,
+    convert_diffusers,
+    ddpm_to_diffusers_config,
+    load_state_dict,
+    schedule_from_scheduler_config,
+)
 from scire_jax.io.convert.from_diffusers import abstract_params
 from scire_jax.io.convert.weights import flax_path_to_torch_key
 from scire_jax.models import UNet2D

@@ -307,8 +307,8 @@ def reference_stats(params, images, seed: int = 0, repeats: int = 10) -> Dict[st
 def build_classifier_assets(name: str = "mnist16", dataset: str = "mnist", image_size: int = 16, seed: int = 0,
                             epochs: int = 20, out_dir: str = ASSETS) -> Dict[str, Any]:
     """Train the classifier and write its checkpoint and reference statistics into ``out_dir``."""
-    from scire_jax.io import checkpoints
     from scire_jax.apps import data as data_lib
+    from scire_jax.io import checkpoints
 
     params, info = train_classifier(dataset, image_size, seed=seed, epochs=epochs)
     images, _ = data_lib.load(dataset, image_size)

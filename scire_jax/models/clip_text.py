@@ -173,7 +173,7 @@ class CLIPTextModel(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], dtype: Optional[Dtype] = None,
-                    param_dtype: Dtype = jnp.float32) -> "CLIPTextModel":
+                    param_dtype: Dtype = jnp.float32) -> CLIPTextModel:
         """Build from a transformers ``CLIPTextConfig`` dict (``text_encoder/config.json``; a full
         ``CLIPConfig`` with a ``text_config`` entry is accepted too).  Unknown keys are ignored.
 

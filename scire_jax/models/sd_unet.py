@@ -361,7 +361,7 @@ class UNet2DConditionModel(nn.Module):
     # -- config ------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Mapping[str, Any], dtype: Optional[Dtype] = None,
-                    param_dtype: Dtype = jnp.float32) -> "UNet2DConditionModel":
+                    param_dtype: Dtype = jnp.float32) -> UNet2DConditionModel:
         """Build from a diffusers ``UNet2DConditionModel`` config dict (unknown keys are ignored).
 
         Raises:

@@ -164,7 +164,7 @@ class AutoencoderKL(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], dtype: Optional[Dtype] = None,
-                    param_dtype: Dtype = jnp.float32) -> "AutoencoderKL":
+                    param_dtype: Dtype = jnp.float32) -> AutoencoderKL:
         """Build from a diffusers ``AutoencoderKL`` config dict (unknown keys are ignored).
 
         Raises:

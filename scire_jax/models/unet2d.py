@@ -343,7 +343,7 @@ class UNet2D(nn.Module):
     # -- config ------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: Mapping[str, Any], dtype: Optional[Dtype] = None,
-                    param_dtype: Dtype = jnp.float32) -> "UNet2D":
+                    param_dtype: Dtype = jnp.float32) -> UNet2D:
         """Build from a diffusers ``UNet2DModel`` config dict (unknown keys are ignored).
 
         Raises:

@@ -1,9 +1,7 @@
 """Run with XLA_FLAGS=--xla_force_host_platform_device_count=8: sharded/pmap sampling equals one device."""
 import os
-import sys
 
 assert "xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "")
-import warnings
 
 import chex
 import flax.linen as nn

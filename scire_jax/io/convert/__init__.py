@@ -8,8 +8,11 @@ Conversion is strict: a ``ValueError`` lists missing keys, unexpected keys and s
 """
 from scire_jax.io.convert.ddpm import convert_ddpm, ddpm_to_diffusers_config
 from scire_jax.io.convert.from_diffusers import convert_diffusers, convert_state_dict
-from scire_jax.io.convert.scheduler import (betas_from_scheduler_config, prediction_from_scheduler_config,
-                                         schedule_from_scheduler_config)
+from scire_jax.io.convert.scheduler import (
+                                         betas_from_scheduler_config,
+                                         prediction_from_scheduler_config,
+                                         schedule_from_scheduler_config,
+)
 from scire_jax.io.convert.weights import load_state_dict
 
 __all__ = [

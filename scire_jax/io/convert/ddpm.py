@@ -27,7 +27,7 @@ import numpy as np
 
 from scire_jax.io.convert.from_diffusers import convert_state_dict
 from scire_jax.io.convert.scheduler import read_json
-from scire_jax.io.convert.weights import load_torch_object, load_state_dict, to_numpy_state_dict
+from scire_jax.io.convert.weights import load_state_dict, load_torch_object, to_numpy_state_dict
 from scire_jax.models.unet2d import UNet2D
 
 __all__ = ["convert_ddpm", "ddpm_model_config", "ddpm_to_diffusers_config", "ddpm_betas", "diffusers_key_to_ddpm"]

@@ -111,7 +111,7 @@ class SDPipeline:
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     params: Mapping[str, Any]
-    tokenizer: Optional["CLIPTokenizer"]
+    tokenizer: Optional[CLIPTokenizer]
     schedule: schedules.DiscreteSchedule
     prediction: str
     scaling_factor: float
@@ -168,7 +168,7 @@ class CLIPTokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     @classmethod
-    def from_folder(cls, folder) -> "CLIPTokenizer":
+    def from_folder(cls, folder) -> CLIPTokenizer:
         """Read a transformers tokenizer folder: ``tokenizer.json``, or ``vocab.json`` + ``merges.txt``, with
         ``tokenizer_config.json`` / ``special_tokens_map.json`` for the special tokens and ``model_max_length``."""
         try:
