@@ -44,6 +44,7 @@ from scire_jax.core import (
     register,
     replicate,
     schedules,
+    seed_key,
     series_phi,
     solve,
     solver_from_spec,
@@ -57,7 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "schedules", "timesteps", "Plan", "execute_plan", "stack_plans", "plan", "execute", "solve",
-    "make_sampler", "initial_noise", "check_finite", "NonFiniteError", "batch_mesh", "make_sharded_sampler",
+    "make_sampler", "initial_noise", "seed_key", "check_finite", "NonFiniteError", "batch_mesh", "make_sharded_sampler",
     "make_pmap_sampler", "replicate", "Solver", "SciRE", "DDIM", "DPMSolver", "UniPC", "DEIS", "EDMHeun",
     "series_phi", "REGISTRY", "register", "get_solver", "make_solver", "solver_from_spec", "solver_names",
     "wrap_model", "WrappedModel", "ClassifierFree", "Classifier", "DynamicThresholding",

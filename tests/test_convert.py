@@ -417,7 +417,7 @@ def test_convert_subcommand(small_folder, tmp_path, capsys):
     assert args.func(args) == 0
     assert "parameters" in capsys.readouterr().out
     assert checkpoints.is_checkpoint(tmp_path / "ckpt")
-    assert args.func(args) == 1  # exists: refused
+    assert args.func(args) == 2  # exists: refused
     assert "overwrite" in capsys.readouterr().err
     args = parser.parse_args(["convert", str(small_folder[0]), str(tmp_path / "ckpt"), "--overwrite"])
     assert args.func(args) == 0

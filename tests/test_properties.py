@@ -130,3 +130,26 @@ def test_invalid_configuration_raises_before_tracing(name, bad):
         solver = entry.cls(steps=steps, **{**fields, **entry.fixed})
         sj.make_sampler(solver, SCHEDULES["linear"], noise_fn)
     assert not traced
+
+
+def test_check_finite_opt_in_raises_eagerly_and_under_jit():
+    schedule = SCHEDULES["linear"]
+
+    def broken(params, x, t):
+        return x * jnp.nan
+
+    sample_fn = sj.make_sampler(sj.DDIM(steps=3), schedule, broken, check_finite=True)
+    with pytest.raises(sj.NonFiniteError, match="2 of 2 samples are not finite"):
+        sample_fn(None, jax.random.key(0), (2, 3))
+    with pytest.raises(Exception, match="not finite"):
+        jax.block_until_ready(jax.jit(sample_fn, static_argnums=2)(None, jax.random.key(0), (2, 3)))
+    fine = sj.make_sampler(sj.DDIM(steps=3), schedule, _constant_noise(0.1), check_finite=True)
+    assert np.all(np.isfinite(np.asarray(fine(None, jax.random.key(0), (2, 3)))))
+
+
+@given(seed=st.integers(0, 2**64 - 1))
+@settings(max_examples=30, deadline=None)
+def test_seed_keys_never_alias_their_low_bits(seed):
+    key = jax.random.key_data(sj.seed_key(seed))
+    low = jax.random.key_data(sj.seed_key(seed & 0xFFFFFFFF))
+    assert bool((key == low).all()) == (seed < 2**32)

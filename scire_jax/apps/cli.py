@@ -2,20 +2,34 @@
 
 ``scire-jax sample`` with no arguments draws 64 samples from the embedded default model with SciRE
 v1 multistep order 3 at 10 NFE and writes an 8x8 grid to ``samples.png``.
+
+Every failure is one line on stderr and exit status 2 (``--debug`` shows the traceback instead).
+Output paths are validated before any work; non-finite samples are an error (nothing is written)
+unless ``--allow-nonfinite``.  What a command is doing (loading, compiling, sampling, the reference
+solve) is printed to stderr as it starts (``SCIRE_JAX_PROGRESS=0`` silences it).
+
+Seeds (``--seed``) are integers ``0 .. 2**64 - 1``: ``seed < 2**32`` is ``jax.random.key(seed)``,
+a larger seed is ``fold_in(key(seed % 2**32), seed >> 32)`` (see :func:`seed_key`), so no two seeds
+alias.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from typing import Optional, Sequence
 
+from scire_jax.core.sampling import MAX_SEED, seed_key
 from scire_jax.core.solvers.registry import REGISTRY, solver_fields, solver_from_spec
-from scire_jax.io.files import atomic_write, atomic_write_text
+from scire_jax.io.files import atomic_write, atomic_write_all, check_output_file
 
 DEFAULT_MODEL = "mnist"
+#: requests above these sizes print a warning with the expected memory first
+LARGE_STEPS = 10_000
+LARGE_BYTES = 2 ** 30
 
 
 class CommandError(Exception):
@@ -34,17 +48,51 @@ def _positive_int(name):
     return parse
 
 
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed={text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"--seed={value} is not allowed: it must be an integer in 0 .. 2**64 - 1 "
+                                         f"({MAX_SEED})")
+    return value
+
+
+def _status(text: str) -> None:
+    """One line on stderr saying what the command does now (silenced by ``SCIRE_JAX_PROGRESS=0``)."""
+    if os.environ.get("SCIRE_JAX_PROGRESS", "").strip().lower() in ("0", "false", "no", "off"):
+        return
+    print(f"scire-jax: {text}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _mebibytes(count: float) -> str:
+    return f"{count / 2 ** 30:.1f} GiB" if count >= 2 ** 30 else f"{count / 2 ** 20:.1f} MiB"
+
+
 def _add_model_arguments(parser):
     parser.add_argument("--model", default=None,
                         help="registered model name or path (default: mnist, the embedded model)")
     parser.add_argument("--checkpoint", default=None,
                         help="a converted folder or orbax checkpoint dir (instead of --model)")
-    parser.add_argument("--seed", type=int, default=0, help="PRNG seed of the initial noise (default 0)")
+    parser.add_argument("--seed", type=_seed, default=0,
+                        help="PRNG seed of the initial noise: an integer 0 .. 2**64-1 (default 0; seeds >= 2**32 "
+                             "fold their high 32 bits into the key, so no two seeds give the same samples)")
     parser.add_argument("--batch-size", type=_positive_int("batch-size"), default=None,
                         help="samples per network batch; larger --num runs in chunks (default: all at once, "
                              "at most 256)")
     parser.add_argument("--devices", type=_positive_int("devices"), default=None,
-                        help="shard each batch over this many local devices (default 1)")
+                        help="shard each batch over this many local devices (default 1; on CPU, set "
+                             "XLA_FLAGS=--xla_force_host_platform_device_count=8 for 8 devices)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="accept NaN / infinite weights and write non-finite samples (by default both are "
+                             "errors and nothing is written)")
 
 
 def _add_sample_parser(subparsers):
@@ -97,12 +145,14 @@ def _solver_from_args(args):
         raise CommandError(str(error)) from None
 
 
-def _check_output(path):
-    if not (path.endswith(".png") or path.endswith(".npz")):
-        raise CommandError(f"--out={path!r} is not allowed: it must end in .png or .npz")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise CommandError(f"--out={path!r} is not writable: directory {directory!r} does not exist or is read-only")
+def _check_output(path, suffixes=(".png", ".npz")):
+    """Validate an output file before any work: its suffix, not a directory, a writable folder."""
+    if not path.endswith(tuple(suffixes)):
+        raise CommandError(f"--out={path!r} is not allowed: it must end in {' or '.join(suffixes)}")
+    try:
+        check_output_file(path, "--out")
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
 
 def _load_model(args):
@@ -113,9 +163,10 @@ def _load_model(args):
         raise CommandError(f"--model={args.model!r} and --checkpoint={args.checkpoint!r} are not allowed together: "
                            "give one")
     flag, model = ("checkpoint", args.checkpoint) if args.checkpoint is not None else ("model", args.model or DEFAULT_MODEL)
+    _status(f"loading {flag} {model!r} ...")
     try:
-        return load_pretrained(model)
-    except (ValueError, FileNotFoundError, OSError) as error:
+        return load_pretrained(model, allow_nonfinite=bool(getattr(args, "allow_nonfinite", False)))
+    except (ValueError, OSError, ImportError) as error:
         raise CommandError(f"--{flag}={model!r}: {error}") from None
 
 
@@ -129,8 +180,10 @@ def _mesh_from_args(args):
 
     available = jax.local_devices()
     if args.devices > len(available):
+        hint = (f"; for {args.devices} CPU devices run with XLA_FLAGS=--xla_force_host_platform_device_count="
+                f"{args.devices}" if available[0].platform == "cpu" else "")
         raise CommandError(f"--devices={args.devices} is not allowed: only {len(available)} local device(s) "
-                           f"({available[0].platform})")
+                           f"({available[0].platform}){hint}")
     return batch_mesh(available[:args.devices])
 
 
@@ -138,6 +191,57 @@ def _batch_size(args, devices: int) -> int:
     """Chunk size: --batch-size (default min(num, 256)), rounded up to a multiple of the device count."""
     batch = args.batch_size or min(args.num, 256)
     return -(-batch // devices) * devices
+
+
+def _warn_if_huge(args, sample_shape, steps: int, order: int = 3) -> None:
+    """A warning with the expected memory for very many steps or samples (before the slow part starts)."""
+    size = math.prod(sample_shape)
+    host = args.num * size * 4  # float32 samples kept on the host
+    batch = _batch_size(args, 1)
+    device = batch * size * 4 * (order + 4)  # x, x_T, the model outputs kept by the solver, the result
+    if steps > LARGE_STEPS or host > LARGE_BYTES:
+        _status(f"warning: a large request: {steps:,} steps x {args.num:,} samples of {'x'.join(map(str, sample_shape))} "
+                f"= {steps * args.num:,} network calls; expected memory: {_mebibytes(host)} of samples on the host, "
+                f"{_mebibytes(device)} of solver state per batch of {batch} on the device (plus the network's "
+                "activations); planning and compiling many steps take a while")
+
+
+def _nonfinite_hint(args, solver, model) -> str:
+    """The setting that most likely made samples non-finite."""
+    phi = getattr(solver, "phi", None)
+    if isinstance(phi, (int, float)) and not isinstance(phi, bool) and not 0.1 <= phi <= 10:
+        return (f"likely cause: --phi={args.phi} (the SciRE coefficients scale with 1/phi; the official phi is "
+                "about 0.6): use the default or a value near 1")
+    if getattr(args, "allow_nonfinite", False):
+        from scire_jax.io.checkpoints import nonfinite_leaves
+
+        if nonfinite_leaves(model.params):
+            return "likely cause: the model's weights hold NaN / inf (accepted by --allow-nonfinite)"
+    order = getattr(solver, "order", 1)
+    if order >= 3 and args.steps <= 2 * order:
+        return (f"likely cause: order {order} with only --steps={args.steps}; try --order 2 or more steps, or "
+                "--solver ddim to check the network itself")
+    return ("likely cause: the network (its output) or the solver settings; --solver ddim --steps 50 tells them "
+            "apart, --allow-nonfinite --out x.npz writes the samples for inspection")
+
+
+def _check_plan_fits(the_plan, args, solver, model) -> None:
+    """Fail before sampling if the plan's coefficients overflow the sampling dtype (the result would be inf/NaN)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    dtype = jnp.result_type(float)
+    largest = 0.0
+    for leaf in jax.tree_util.tree_leaves(the_plan):
+        if isinstance(leaf, np.ndarray) and np.issubdtype(leaf.dtype, np.floating) and leaf.size:
+            finite = np.abs(leaf[np.isfinite(leaf)])
+            if finite.size:
+                largest = max(largest, float(finite.max()))
+    if largest > float(jnp.finfo(dtype).max):
+        raise CommandError(f"the solver's coefficients reach {largest:.1e}, beyond the range of {jnp.dtype(dtype).name} "
+                           f"({float(jnp.finfo(dtype).max):.1e}): every sample would be NaN or inf; "
+                           f"{_nonfinite_hint(args, solver, model)}; nothing was sampled")
 
 
 def run_sample(args) -> int:
@@ -152,35 +256,55 @@ def run_sample(args) -> int:
     mesh = _mesh_from_args(args)
     model = _load_model(args)
     params, schedule = model.params, model.schedule
+    _warn_if_huge(args, model.sample_shape, args.steps, getattr(solver, "order", 1))
     noise_fn = model.noise_fn()
-    callback = None
-    if args.progress:
-        def callback(step, t):
-            print(f"step {int(step)} t={float(t):.4f}", file=sys.stderr, flush=True)
+    def print_step(step, t):
+        print(f"step {int(step)} t={float(t):.4f}", file=sys.stderr, flush=True)
+
+    callback = print_step if args.progress else None
+    if args.steps > LARGE_STEPS:
+        _status(f"planning {args.steps:,} steps ...")
     try:
         sample_fn = sj.make_sampler(solver, schedule, noise_fn, callback=callback, mesh=mesh)
-        nfe = sj.plan(solver, schedule).nfe
+        the_plan = sj.plan(solver, schedule)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    nfe = the_plan.nfe
+    _check_plan_fits(the_plan, args, solver, model)
     devices = 1 if mesh is None else mesh.size
     if mesh is not None:
         from scire_jax.core.sharding import replicate
 
         params = replicate(params, mesh)
     batch = _batch_size(args, devices)
-    chunks = -(-args.num // batch)
+    chunks = -(-args.num // min(batch, args.num))
+    shape = (args.num,) + model.sample_shape
+    key = seed_key(args.seed)
+    what = f"{solver.label()} NFE={nfe}, {args.num} samples of {'x'.join(map(str, model.sample_shape))}"
     start = time.perf_counter()
-    samples = sample_in_chunks(sample_fn, params, jax.random.key(args.seed),
-                               (args.num,) + model.sample_shape, batch,
-                               progress="sampling" if chunks > 1 else None)
-    samples = np.clip(samples, -1.0, 1.0)
+    if mesh is None:  # compile ahead, so that compiling and sampling are reported apart
+        _status(f"compiling the sampler ({what}, batch {batch}) ...")
+        jax.jit(sample_fn, static_argnums=2).lower(params, key, (min(batch, args.num),) + model.sample_shape,
+                                                   0).compile()  # the executable sample_in_chunks reuses
+        _status(f"compiled in {time.perf_counter() - start:.1f} s; sampling {chunks} batch(es) of {batch} "
+                f"({args.num * nfe:,} network calls) ...")
+    else:
+        _status(f"compiling and sampling ({what}, {chunks} batch(es) of {batch} on {devices} devices) ...")
+    samples = sample_in_chunks(sample_fn, params, key, shape, batch, progress="sampling" if chunks > 1 else None)
     elapsed = time.perf_counter() - start
+    try:
+        sj.check_finite(samples)
+    except sj.NonFiniteError as error:
+        if not args.allow_nonfinite:
+            raise CommandError(f"{error}; {_nonfinite_hint(args, solver, model)}; nothing was written") from None
+        _status(f"warning: {str(error).split(':')[0]}; writing them anyway (--allow-nonfinite)")
+    samples = np.clip(samples, -1.0, 1.0)
     if args.out.endswith(".npz"):
         atomic_write(args.out, lambda p: np.savez(p, samples=samples))
     else:
         from scire_jax.apps.images import image_grid, write_png
 
-        write_png(args.out, image_grid(samples, scale=args.scale, pad=1))
+        write_png(args.out, image_grid(np.nan_to_num(samples), scale=args.scale, pad=1))
     print(f"wrote {args.out}: {args.num} samples of {'x'.join(map(str, model.sample_shape))}, "
           f"{solver.label()} NFE={nfe}, {elapsed:.1f} s ({args.num / elapsed:.1f} samples/s, compilation "
           f"included; {chunks} batch(es) of {batch} on {devices} device(s))")
@@ -216,6 +340,57 @@ def _add_compare_parser(subparsers):
     parser.add_argument("--no-metrics", action="store_true", help="skip the classifier metrics")
 
 
+def _compare_outputs(out: str):
+    """The three files of ``compare --out``: validated together before any work."""
+    if not out.endswith(".png"):
+        raise CommandError(f"--out={out!r} is not allowed: it must end in .png")
+    base = out[:-len(".png")]
+    paths = (out, base + ".md", base + ".json")
+    for path in paths:
+        try:
+            check_output_file(path, "--out" if path == out else f"--out's {path[len(base):]} file")
+        except ValueError as error:
+            raise CommandError(str(error)) from None
+    return paths
+
+
+def _compare_estimate(args, model, noise_fn, params, schedule, specs, batch) -> None:
+    """Print the work ahead of ``compare`` (network calls per stage) and a time estimate from one timed call."""
+    import jax
+    import jax.numpy as jnp
+
+    import scire_jax as sj
+
+    def nfe(spec, steps):
+        return sj.plan(solver_from_spec(spec, steps), schedule).nfe
+
+    error_num = min(args.error_num, args.num)
+    reference_calls = error_num * (nfe(args.reference, args.reference_steps)
+                                   + nfe(args.reference, max(1, args.reference_steps // 2)))
+    run_calls = sum(args.num * nfe(spec, budget) for spec in specs for budget in args.nfe)
+    runs = 2 + len(specs) * len(args.nfe)
+    _status(f"compare: {runs} sampler runs (the reference solve with {args.reference!r} at {args.reference_steps} "
+            f"steps on {error_num} samples and its half-step check, then {len(specs)} solver(s) x {len(args.nfe)} "
+            f"NFE budget(s) on {args.num} samples): {reference_calls + run_calls:,} network calls, "
+            f"{reference_calls:,} of them for the reference")
+    _status("timing one network call to estimate the run time ...")
+    size = min(batch, args.num)
+    x = jnp.zeros((size,) + tuple(model.sample_shape), jnp.float32)
+    t = jnp.full((size,), 0.5 * (schedule.t_max + schedule.t_min), jnp.float32)
+    started = time.perf_counter()
+    call = jax.jit(noise_fn).lower(params, x, t).compile()
+    compile_seconds = time.perf_counter() - started
+    jax.block_until_ready(call(params, x, t))
+    started = time.perf_counter()
+    jax.block_until_ready(call(params, x, t))
+    per_call = time.perf_counter() - started
+    network = per_call * (-(-reference_calls // size) - (-run_calls // size))
+    compiling = runs * 1.5 * compile_seconds  # a sampler compiles in about 1.5 network compilations
+    _status(f"estimated {_duration(network + compiling)}: {_duration(network)} of network calls "
+            f"({1000 * per_call:.0f} ms per batch of {size}), {_duration(compiling)} of compiling {runs} samplers; "
+            f"the reference solve comes first ({_duration(per_call * -(-reference_calls // size))} of network calls)")
+
+
 def run_compare(args) -> int:
     specs = list(args.solvers)
     for spec in specs + [args.reference]:
@@ -223,14 +398,11 @@ def run_compare(args) -> int:
             solver_from_spec(spec, max(args.nfe))
         except ValueError as error:
             raise CommandError(str(error)) from None
-    if not args.out.endswith(".png"):
-        raise CommandError(f"--out={args.out!r} is not allowed: it must end in .png")
-    _check_output(args.out)
+    outputs = _compare_outputs(args.out)
     import json
 
     import numpy as np
 
-    import scire_jax as sj
     from scire_jax.apps import comparison
 
     mesh = _mesh_from_args(args)
@@ -239,14 +411,26 @@ def run_compare(args) -> int:
     shape = model.sample_shape
     with_metrics = not args.no_metrics and shape == (16, 16, 1)
     noise_fn = model.noise_fn()
+    batch = _batch_size(args, 1 if mesh is None else mesh.size)
     try:
+        _compare_estimate(args, model, noise_fn, params, schedule, specs, batch)
+        _status(f"reference solve ({args.reference!r}, {args.reference_steps} steps), then the solvers; "
+                "sampling ...")
         result = comparison.compare_solvers(
             noise_fn, params, schedule, specs, args.nfe, num=args.num, shape=shape, seed=args.seed,
-            error_num=args.error_num,
-            batch_size=_batch_size(args, 1 if mesh is None else mesh.size), reference_steps=args.reference_steps,
+            error_num=args.error_num, batch_size=batch, reference_steps=args.reference_steps,
             reference_spec=args.reference, with_metrics=with_metrics, progress=True, mesh=mesh)
     except ValueError as error:
         raise CommandError(str(error)) from None
+    bad = [label for label, x in [(f"reference {result.reference_label}", result.reference)]
+           + [(f"{result.labels[spec]} NFE {budget}", result.samples[(spec, budget)])
+              for spec in result.specs for budget in result.budgets] if not np.all(np.isfinite(x))]
+    if bad:
+        message = (f"non-finite samples (NaN or inf) from {len(bad)} run(s): {', '.join(bad[:4])}"
+                   f"{', ...' if len(bad) > 4 else ''}")
+        if not args.allow_nonfinite:
+            raise CommandError(f"{message}; nothing was written (--allow-nonfinite writes the tables anyway)")
+        _status(f"warning: {message}; writing anyway (--allow-nonfinite)")
     real_fd = None
     if with_metrics:
         from scire_jax.apps import metrics
@@ -258,7 +442,6 @@ def run_compare(args) -> int:
         tables += ("\n(classifier metrics skipped: " + ("--no-metrics" if args.no_metrics else
                    f"the shipped digit classifier takes 16x16x1 images, this model makes {shape}") + ")\n")
     image = comparison.comparison_image(result, per_cell=args.per_cell, scale=args.scale)
-    base = args.out[:-len(".png")]
     record = {
         "model": model.source, "seed": args.seed, "num": args.num, "error_num": len(result.reference),
         "reference": result.reference_label,
@@ -270,18 +453,34 @@ def run_compare(args) -> int:
     }
     from scire_jax.apps.images import write_png
 
-    atomic_write_text(base + ".json", json.dumps(record, indent=1) + "\n")
-    atomic_write_text(base + ".md", tables)
-    write_png(args.out, image)
+    png, markdown, record_path = outputs
+    text = json.dumps(record, indent=1) + "\n"
+
+    def write_text(content):
+        def write(temporary):
+            with open(temporary, "w") as handle:
+                handle.write(content)
+        return write
+
+    atomic_write_all([(png, lambda temporary: write_png(temporary, image)), (markdown, write_text(tables)),
+                      (record_path, write_text(text))])  # all three or none
     print(tables)
     print(f"wrote {args.out} (rows: {', '.join(result.labels[s] for s in specs)}; columns: NFE "
-          f"{', '.join(map(str, args.nfe))}, reference), {base}.md and {base}.json")
+          f"{', '.join(map(str, args.nfe))}, reference), {markdown} and {record_path}")
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``PROG: error: MESSAGE (see PROG --help)``), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="scire-jax", description="SciRE-Solver and baseline diffusion samplers in JAX")
-    subparsers = parser.add_subparsers(dest="command")
+    parser = OneLineParser(prog="scire-jax", description="SciRE-Solver and baseline diffusion samplers in JAX")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
+    subparsers = parser.add_subparsers(dest="command", parser_class=OneLineParser)
     _add_sample_parser(subparsers)
     _add_compare_parser(subparsers)
     try:
@@ -294,30 +493,61 @@ def build_parser():
         add_train_parser(subparsers)
     except ImportError:  # pragma: no cover - the training extra is optional
         pass
+    _add_debug_flags(subparsers)
     return parser
+
+
+def _add_debug_flags(subparsers) -> None:
+    """``--debug`` after any sub-command too (``scire-jax sample --debug``), where it is not defined yet."""
+    for subparser in set(subparsers.choices.values()):
+        if "--debug" not in subparser._option_string_actions:
+            subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                   help="show the traceback of an error (for bug reports)")
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (multi-line messages joined by '; ')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+# What a user can cause and fix: reported as one line.  Anything else is a bug, also one line
+# (naming its type and asking for --debug), exit status 2 either way.
+USER_ERRORS = (CommandError, ValueError, OSError, ImportError, FloatingPointError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = args.command or "sample"
     try:
         if args.command in (None, "sample"):
             if args.command is None:
-                args = parser.parse_args(["sample"])
+                args = parser.parse_args(["sample"] + (["--debug"] if args.debug else []))
             return run_sample(args)
         if args.command == "convert":
             from scire_jax.apps.convert_cli import run_convert
             return int(run_convert(args))
         if args.command == "train":
             from scire_jax.apps.train import run_train
-            try:
-                return int(run_train(args))
-            except ValueError as error:
-                raise CommandError(str(error)) from None
+            return int(run_train(args))
         if args.command == "compare":
             return run_compare(args)
-    except CommandError as error:
-        print(f"scire-jax {args.command or 'sample'}: error: {error}", file=sys.stderr)
+        if hasattr(args, "func"):  # sub-commands registered elsewhere that set func=run_...
+            return int(args.func(args))
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"scire-jax {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure is one line (exit 2); --debug re-raises
+        if getattr(args, "debug", False):
+            raise
+        if isinstance(error, USER_ERRORS):
+            print(f"scire-jax {command}: error: {_one_line(error)}", file=sys.stderr)
+        else:
+            print(f"scire-jax {command}: error: {type(error).__name__}: {_one_line(error)} (unexpected: rerun with "
+                  "--debug and report the traceback)", file=sys.stderr)
         return 2
     parser.print_help()
     return 2

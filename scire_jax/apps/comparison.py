@@ -147,7 +147,7 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
         from scire_jax.core.sharding import replicate
 
         params = replicate(params, mesh)
-    key = jax.random.key(seed)
+    key = sampling.seed_key(seed)
     error_num = num if error_num is None else min(int(error_num), num)
     if error_num < 1:
         raise ValueError(f"error_num={error_num} is not allowed: it must be >= 1")

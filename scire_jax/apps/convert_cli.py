@@ -1,8 +1,11 @@
 """``scire-jax convert SRC DST``: a diffusers folder or DDPM checkpoint -> scire_jax checkpoint directory.
 
 The result is a :mod:`scire_jax.io.checkpoints` directory (orbax params + UNet config + schedule) that
-:func:`scire_jax.io.pretrained.load_pretrained` reads.  Everything is converted and checked in memory
-first; ``DST`` is written atomically, so on any error nothing is left there.
+:func:`scire_jax.io.pretrained.load_pretrained` reads.  ``DST`` is validated before anything is
+read (``--overwrite`` replaces only an existing scire-jax checkpoint, never other data); then
+everything is converted and checked in memory (key names, shapes, the sample size, finite weights)
+and ``DST`` is written atomically, so on any error nothing is left there.  Errors are one line
+and exit status 2 (``--debug`` shows the traceback).
 
 Wiring into a parent parser::
 
@@ -26,39 +29,55 @@ __all__ = ["convert_main", "add_convert_parser", "run_convert", "main"]
 
 
 def convert_main(src, dst, overwrite: bool = False, ddpm_config: Union[str, Path, dict, None] = None,
-                 scheduler_config: Union[str, Path, dict, None] = None, ema: bool = True) -> Dict[str, Any]:
+                 scheduler_config: Union[str, Path, dict, None] = None, ema: bool = True,
+                 allow_nonfinite: bool = False) -> Dict[str, Any]:
     """Convert ``src`` and save it at ``dst`` with :func:`scire_jax.io.checkpoints.save`.
 
     Args:
       src: a diffusers ``UNet2DModel`` (or pipeline) folder; with ``ddpm_config``, an original-DDPM
         checkpoint file.
       dst: the checkpoint directory to create (must not exist or be empty, unless ``overwrite``).
-      overwrite: replace an existing ``dst``.
+      overwrite: replace an existing ``dst`` that is a scire-jax checkpoint (any other non-empty
+        directory or file is refused even then: see :func:`scire_jax.io.checkpoints.check_destination`).
       ddpm_config: DDPM model config (dict or JSON path); selects the DDPM path.  Its optional
         ``diffusion`` section gives the betas (default: linear 1e-4 .. 0.02, 1000 steps).
       scheduler_config: diffusers scheduler config (dict or JSON path) overriding the one found
         in ``src`` (required when ``src`` has none).
       ema: for DDIM-style list checkpoints, take the EMA weights (last entry).
+      allow_nonfinite: accept NaN / infinite weights (rejected by default).
 
     Returns:
       A summary dict (``dst``, ``source_format``, ``num_params``, ``prediction``, ``num_train_timesteps``).
 
     Raises:
-      ValueError: unreadable or mismatching inputs (nothing is written at ``dst``).
-      FileExistsError: ``dst`` is not empty and ``overwrite`` is false.
+      ValueError: unreadable or mismatching inputs, a sample size the network cannot run at,
+        non-finite weights (nothing is written at ``dst``).
+      FileExistsError: ``dst`` exists and may not be replaced (checked before anything is read).
+      ImportError: PyTorch-format weights without torch (naming the extra to install).
     """
     from scire_jax.io import checkpoints
     from scire_jax.io.convert.ddpm import convert_ddpm, ddpm_betas
-    from scire_jax.io.convert.from_diffusers import convert_diffusers, find_scheduler_config, find_unet_folder
+    from scire_jax.io.convert.from_diffusers import (
+        check_sample_size,
+        convert_diffusers,
+        find_scheduler_config,
+        find_unet_folder,
+    )
     from scire_jax.io.convert.scheduler import betas_from_scheduler_config, prediction_from_scheduler_config, read_json
 
     src, dst = Path(src), Path(dst)
-    if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())) and not overwrite:
-        raise FileExistsError(f"{str(dst)!r} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    checkpoints.check_destination(dst, overwrite)  # before any (possibly long) reading and converting
+    if not src.exists():
+        raise ValueError(f"source {str(src)!r} does not exist")
+    if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:
+        raise ValueError(f"destination {str(dst)!r} is (or holds) the source {str(src)!r}: choose another directory")
     if ddpm_config is not None:
         if isinstance(ddpm_config, (str, Path)):
             ddpm_config = read_json(ddpm_config)
-        module, params, config = convert_ddpm(src, ddpm_config, ema=ema)
+        try:
+            module, params, config = convert_ddpm(src, ddpm_config, ema=ema)
+        except ImportError as error:
+            raise ImportError(f"reading {str(src)!r} (PyTorch format) needs torch: pip install 'scire-jax[torch]'") from error
         source_format = "ddpm"
         if scheduler_config is not None:
             betas, prediction = betas_from_scheduler_config(scheduler_config), prediction_from_scheduler_config(scheduler_config)
@@ -73,8 +92,10 @@ def convert_main(src, dst, overwrite: bool = False, ddpm_config: Union[str, Path
                              "pass scheduler_config (--scheduler-config)")
         betas = betas_from_scheduler_config(scheduler_config)
         prediction = prediction_from_scheduler_config(scheduler_config)
-        module, params, config = convert_diffusers(unet_folder)
+        module, params, config = convert_diffusers(unet_folder, allow_nonfinite=allow_nonfinite)
         source_format = "diffusers"
+    check_sample_size(module, f"model {str(src)!r}", required=True)
+    checkpoints.check_finite_params(params, f"model {str(src)!r}", allow_nonfinite)
     extra = {"betas": [float(b) for b in np.asarray(betas, np.float64)], "prediction": prediction,
              "source": str(src), "source_format": source_format, "model": "UNet2D"}
     checkpoints.save(dst, params, config, extra, overwrite=overwrite)
@@ -106,19 +127,30 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="DDPM model config (JSON file): SRC is an original-DDPM-layout checkpoint")
     parser.add_argument("--scheduler-config", default=None, metavar="JSON",
                         help="diffusers scheduler_config.json to use instead of the one in SRC")
-    parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DST if it is an existing scire-jax checkpoint (other data is never replaced)")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="accept NaN / infinite weights (refused by default)")
     parser.add_argument("--no-ema", dest="ema", action="store_false",
                         help="for list-type DDPM checkpoints, take the first (non-EMA) state dict")
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Run ``convert`` from parsed arguments; prints a summary (or the error) and returns an exit code."""
+    """Run ``convert`` from parsed arguments; prints a summary (or the error) and returns an exit code.
+
+    An error is one line on stderr and exit status 2; with ``args.debug`` it is raised instead
+    (the traceback, for bug reports).
+    """
     try:
         summary = convert_main(args.src, args.dst, overwrite=args.overwrite, ddpm_config=args.ddpm_config,
-                               scheduler_config=args.scheduler_config, ema=getattr(args, "ema", True))
-    except (ValueError, FileExistsError, ImportError) as error:
-        print(f"scire-jax convert: error: {error}", file=sys.stderr)
-        return 1
+                               scheduler_config=args.scheduler_config, ema=getattr(args, "ema", True),
+                               allow_nonfinite=getattr(args, "allow_nonfinite", False))
+    except (ValueError, OSError, ImportError) as error:
+        if getattr(args, "debug", False):
+            raise
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"scire-jax convert: error: {message}", file=sys.stderr)
+        return 2
     print(f"wrote {summary['dst']}: {summary['source_format']} UNet2D, {summary['num_params']:,} parameters, "
           f"{summary['num_train_timesteps']} training steps, prediction={summary['prediction']}")
     return 0
@@ -127,6 +159,7 @@ def run_convert(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="scire-jax convert", description=__doc__.split("\n\n")[0])
     _add_arguments(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return run_convert(parser.parse_args(argv))
 
 

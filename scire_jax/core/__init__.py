@@ -15,6 +15,7 @@ from scire_jax.core.sampling import (
                                      make_sampler,
                                      make_sharded_sampler,
                                      plan,
+                                     seed_key,
                                      solve,
 )
 from scire_jax.core.sharding import batch_mesh, replicate
@@ -45,7 +46,7 @@ from scire_jax.core.wrapping import (
 
 __all__ = [
     "schedules", "timesteps", "Plan", "execute_plan", "stack_plans", "plan", "execute", "solve", "make_sampler",
-    "initial_noise", "check_finite", "NonFiniteError", "batch_mesh", "make_sharded_sampler", "make_pmap_sampler",
+    "initial_noise", "seed_key", "check_finite", "NonFiniteError", "batch_mesh", "make_sharded_sampler", "make_pmap_sampler",
     "replicate", "Solver", "SciRE", "DDIM", "DPMSolver", "UniPC", "DEIS", "EDMHeun", "series_phi", "REGISTRY", "register",
     "get_solver", "make_solver", "solver_from_spec", "solver_names", "wrap_model", "WrappedModel",
     "ClassifierFree", "Classifier", "DynamicThresholding", "dynamic_thresholding",

@@ -27,7 +27,8 @@ from scire_jax.core.solvers.base import Solver
 from scire_jax.core.solvers.registry import solver_names
 from scire_jax.core.wrapping import DynamicThresholding
 
-__all__ = ["plan", "execute", "solve", "make_sampler", "make_sharded_sampler", "make_pmap_sampler", "initial_noise", "check_shape", "check_finite", "NonFiniteError"]
+__all__ = ["plan", "execute", "solve", "make_sampler", "make_sharded_sampler", "make_pmap_sampler", "initial_noise",
+           "seed_key", "check_shape", "check_finite", "NonFiniteError"]
 
 
 class NonFiniteError(FloatingPointError, ValueError):
@@ -165,6 +166,30 @@ def solve(solver, schedule, noise_fn: Callable, params, x_start, *, return_traje
                    correct_xt=solver.correct_xt, return_trajectory=return_trajectory, callback=callback)
 
 
+#: the largest seed :func:`seed_key` takes (seeds are unsigned 64-bit integers)
+MAX_SEED = 2 ** 64 - 1
+
+
+def seed_key(seed: int):
+    """The PRNG key of an integer seed ``0 .. 2**64 - 1`` without aliasing.
+
+    ``jax.random.key`` keeps only the low 32 bits of a seed, so ``key(2**32)`` would equal
+    ``key(0)``.  Seeds below ``2**32`` give ``jax.random.key(seed)``; larger seeds are
+    ``fold_in(key(seed % 2**32), seed >> 32)``, so every seed has its own key.
+
+    Example:
+        >>> import jax, scire_jax as sj
+        >>> bool((jax.random.key_data(sj.seed_key(2**32)) == jax.random.key_data(sj.seed_key(0))).all())
+        False
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed={seed!r} is not allowed: it must be an integer in 0 .. 2**64 - 1")
+    seed = int(seed)
+    low, high = seed & 0xFFFFFFFF, seed >> 32
+    key = jax.random.key(low)
+    return jax.random.fold_in(key, high) if high else key
+
+
 def check_shape(shape) -> tuple:
     """``shape`` as a tuple of positive ints ``(batch, *sample_shape)``, or a ValueError naming it."""
     try:
@@ -189,8 +214,21 @@ def initial_noise(key, shape, dtype=None, first_index=0):
     return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), tuple(shape[1:]), dtype))(indices)
 
 
+def _finite_guard(x):
+    """Raise :class:`NonFiniteError` on the host if ``x`` has non-finite samples (one reduction; works under jit)."""
+    bad = jnp.sum(~jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1))
+
+    def report(count):
+        if int(count):
+            raise NonFiniteError(f"{int(count)} of {x.shape[0]} samples are not finite (NaN or inf): the network, "
+                                 "its weights or the solver settings produced overflow")
+
+    jax.debug.callback(report, bad)
+    return x
+
+
 def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_trajectory: bool = False,
-                 callback: Optional[Callable] = None, mesh=None):
+                 callback: Optional[Callable] = None, mesh=None, check_finite: bool = False):
     """Build ``sample_fn(params, key, shape)`` that draws ``x_T`` and solves to ``t_end``.
 
     The plan is built (and validated) now, on the host.  Use it as
@@ -206,6 +244,8 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
       callback: per-step host callback ``callback(step, t)`` (progress display).
       mesh: optional ``jax.sharding.Mesh``: shard the batch over it (see
         :func:`scire_jax.make_sharded_sampler`; not combined with ``return_trajectory``).
+      check_finite: raise :class:`NonFiniteError` when samples hold NaN / inf (one reduction and a
+        host callback; under ``jit`` the error surfaces when the result is computed).
 
     Example:
         >>> import jax, jax.numpy as jnp, scire_jax as sj
@@ -219,13 +259,19 @@ def make_sampler(solver, schedule, noise_fn: Callable, *, dtype=None, return_tra
     if mesh is not None:
         if return_trajectory:
             raise ValueError("return_trajectory=True is not allowed with mesh=...: use solve() on a sharded x_T")
-        return make_sharded_sampler(solver, schedule, noise_fn, mesh, dtype=dtype, callback=callback)
+        sharded = make_sharded_sampler(solver, schedule, noise_fn, mesh, dtype=dtype, callback=callback)
+        if not check_finite:
+            return sharded
+        return lambda params, key, shape, first_index=0: _finite_guard(sharded(params, key, shape, first_index))
 
     def sample_fn(params, key, shape, first_index=0):
         check_shape(shape)
         x_start = initial_noise(key, shape, dtype, first_index)
-        return solve(solver, schedule, noise_fn, params, x_start, return_trajectory=return_trajectory,
-                     callback=callback)
+        out = solve(solver, schedule, noise_fn, params, x_start, return_trajectory=return_trajectory,
+                    callback=callback)
+        if check_finite:
+            _finite_guard(out[0] if return_trajectory else out)
+        return out
 
     return sample_fn
 

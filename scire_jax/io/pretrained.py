@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -96,10 +96,17 @@ def resolve_path(name_or_path) -> Path:
     return Path(name_or_path)
 
 
+def _describe(value) -> str:
+    return repr(value) if value is None or isinstance(value, (bool, int, float, str)) else type(value).__name__
+
+
 def make_apply_fn(module: UNet2D) -> Callable:
     """``apply_fn(params, x, t_input, *cond)`` for a :class:`UNet2D` (``cond`` = class labels)."""
 
     def apply_fn(params, x, t_input, *cond):
+        if not (isinstance(params, Mapping) and "params" in params):
+            raise ValueError(f"params={_describe(params)} is not allowed: this UNet2D needs its variables "
+                             "{'params': ...} (e.g. model.params of load_pretrained)")
         if len(cond) > 1:
             raise ValueError(f"UNet2D takes at most one condition (class labels), got {len(cond)}")
         return module.apply(params, x, t_input, *cond)
@@ -133,8 +140,9 @@ def _schedule_from_checkpoint(config: Dict[str, Any], extra: Dict[str, Any], whe
 
 
 def _unet2d_record(module: UNet2D, params, schedule, prediction: str, source) -> Pretrained:
-    if module.sample_size is None:
-        raise ValueError(f"model {str(source)!r}: its config has no sample_size, so the sample shape is unknown")
+    from scire_jax.io.convert.from_diffusers import check_sample_size
+
+    check_sample_size(module, f"model {str(source)!r}", required=True)
     size = module.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     num_classes = module.num_class_embeds
@@ -143,16 +151,23 @@ def _unet2d_record(module: UNet2D, params, schedule, prediction: str, source) ->
                       str(source))
 
 
-def load_pretrained(name_or_path, dtype=None) -> Pretrained:
+def load_pretrained(name_or_path, dtype=None, allow_nonfinite: bool = False) -> Pretrained:
     """The :class:`Pretrained` record of a registered name, checkpoint or diffusers folder.
 
     Args:
       name_or_path: see the module docstring.
       dtype: computation dtype of the network (parameters stay float32).
+      allow_nonfinite: accept NaN / infinite weights (by default they are a ``ValueError``).
 
     Returns:
       A :class:`Pretrained`: ``apply_fn``, ``params`` (uncommitted arrays), ``schedule``,
       ``prediction``, ``sample_shape`` and conditioning.
+
+    Raises:
+      ValueError: an unknown name, a damaged checkpoint (see :func:`scire_jax.io.checkpoints.restore`:
+        the arrays are verified against the recorded digest), unsupported config values, a
+        ``sample_size`` the network cannot run at, or non-finite weights.
+      ImportError: ``.bin`` weights without torch installed.
     """
     if not isinstance(name_or_path, (str, Path)):
         raise ValueError(f"name_or_path={name_or_path!r} is not allowed: give a registered name "
@@ -163,6 +178,7 @@ def load_pretrained(name_or_path, dtype=None) -> Pretrained:
         raise ValueError(f"{str(name_or_path)!r} is neither a registered model name nor a directory{known}")
     if checkpoints.is_checkpoint(path):
         params, config, extra = checkpoints.restore(path)
+        checkpoints.check_finite_params(params, f"checkpoint {str(path)!r}", allow_nonfinite)
         module = UNet2D.from_config(_model_config(config, path), dtype=dtype)
         schedule, prediction = _schedule_from_checkpoint(config, extra, path)
         if not (isinstance(params, dict) and set(params) == {"params"}):
@@ -179,7 +195,7 @@ def load_pretrained(name_or_path, dtype=None) -> Pretrained:
     if scheduler_config is None:
         raise ValueError(f"diffusers folder {str(path)!r} has no scheduler_config.json (nor scheduler/scheduler_config.json)")
     schedule, prediction = schedule_from_scheduler_config(scheduler_config)
-    module, params, _ = convert_diffusers(unet_folder, dtype=dtype)
+    module, params, _ = convert_diffusers(unet_folder, dtype=dtype, allow_nonfinite=allow_nonfinite)
     params = jax.tree_util.tree_map(jnp.asarray, params)
     return _unet2d_record(module, params, schedule, prediction, name_or_path)
 

@@ -14,7 +14,7 @@ from scire_jax.io.convert.weights import fill_params, load_state_dict
 from scire_jax.models.unet2d import UNet2D
 
 __all__ = ["convert_diffusers", "convert_state_dict", "find_unet_folder", "find_scheduler_config",
-           "find_weights_file", "abstract_params"]
+           "find_weights_file", "abstract_params", "check_sample_size", "load_weights"]
 
 WEIGHT_NAMES = ("diffusion_pytorch_model{}.safetensors", "diffusion_pytorch_model{}.safetensors.index.json",
                 "diffusion_pytorch_model{}.bin", "diffusion_pytorch_model{}.bin.index.json")
@@ -84,7 +84,39 @@ def convert_state_dict(module: UNet2D, state_dict: Mapping[str, np.ndarray], can
     return {"params": fill_params(abstract_params(module), state_dict, candidates, source=source)}
 
 
-def convert_diffusers(folder, dtype=None, variant: Optional[str] = None) -> Tuple[UNet2D, Dict[str, Any], dict]:
+def check_sample_size(module: UNet2D, source: str = "model", required: bool = False) -> None:
+    """Raise a ``ValueError`` unless ``module.sample_size`` is one the UNet can run at.
+
+    Every down block but the last halves the resolution and the up path must meet the skip
+    connections again, so the size must be divisible by ``2 ** (len(block_out_channels) - 1)``.
+    ``required``: a missing ``sample_size`` is an error too (a checkpoint needs it to sample).
+    """
+    size = module.sample_size
+    if size is None:
+        if required:
+            raise ValueError(f"{source}: its config has no sample_size, so the sample shape is unknown; "
+                             "add \"sample_size\" to its config.json")
+        return
+    factor = 2 ** (len(module.block_out_channels) - 1)
+    if size % factor:
+        below, above = size - size % factor, size - size % factor + factor
+        allowed = f"{below} or {above}" if below else f"{above}"
+        raise ValueError(f"{source}: config['sample_size']={size} is not supported: with "
+                         f"{len(module.block_out_channels)} down blocks it must be divisible by {factor} "
+                         f"(e.g. {allowed})")
+
+
+def load_weights(path) -> Dict[str, np.ndarray]:
+    """``load_state_dict(path)``; a PyTorch file without torch is one ``ImportError`` naming the extra."""
+    try:
+        return load_state_dict(path)
+    except ImportError as error:
+        raise ImportError(f"reading {str(path)!r} (PyTorch format) needs torch: pip install 'scire-jax[torch]' "
+                          "(or save the model as .safetensors, which loads without torch)") from error
+
+
+def convert_diffusers(folder, dtype=None, variant: Optional[str] = None,
+                      allow_nonfinite: bool = False) -> Tuple[UNet2D, Dict[str, Any], dict]:
     """Convert a diffusers ``UNet2DModel`` folder.
 
     Args:
@@ -93,6 +125,7 @@ def convert_diffusers(folder, dtype=None, variant: Optional[str] = None) -> Tupl
         attention names (``query/key/value/proj_attn``) are accepted.
       dtype: computation dtype of the returned module (parameters stay float32).
       variant: weights variant, e.g. ``"fp16"`` for ``diffusion_pytorch_model.fp16.safetensors``.
+      allow_nonfinite: accept NaN / infinite weights (rejected by default).
 
     Returns:
       ``(module, params, config)``: a :class:`UNet2D`, its variables ``{"params": ...}`` (numpy
@@ -100,12 +133,18 @@ def convert_diffusers(folder, dtype=None, variant: Optional[str] = None) -> Tupl
       (``module.to_config()``).
 
     Raises:
-      ValueError: unreadable files, unsupported config values (naming the key), or weights that do
-        not match the config (listing missing / unexpected keys and shape mismatches).
+      ValueError: unreadable files, unsupported config values (naming the key), a ``sample_size``
+        the network cannot run at, weights that do not match the config (listing missing /
+        unexpected keys and shape mismatches) or non-finite weights.
+      ImportError: ``.bin`` weights without torch installed (naming the extra to install).
     """
+    from scire_jax.io.checkpoints import check_finite_params
+
     unet_folder = find_unet_folder(folder)
     module = UNet2D.from_config(read_json(unet_folder / "config.json"), dtype=dtype)
+    check_sample_size(module, f"diffusers model {str(unet_folder)!r}")
     weights = find_weights_file(unet_folder, variant)
-    state_dict = load_state_dict(weights)
+    state_dict = load_weights(weights)
     params = convert_state_dict(module, state_dict, source=f"checkpoint {weights.name!r}")
+    check_finite_params(params, f"diffusers model {str(weights)!r}", allow_nonfinite)
     return module, params, module.to_config()
