@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Combination", "Step", "SegmentStructure", "Segment", "Plan", "build_plan_from_steps", "stack_plans",
+__all__ = ["Combination", "Step", "SegmentStructure", "Segment", "Plan", "build_plan_from_steps",
+           "build_plan_from_arrays", "stack_plans",
            "stacking_key", "paddable_segment", "execute_plan"]
 
 MODEL_KINDS = ("noise", "data")
@@ -351,6 +352,86 @@ def build_plan_from_steps(steps: Sequence[Step], t_start: float, t_end: float, s
                                      first.record, n, _masks(arrays, num_stages))
         segments.append(Segment(structure, arrays))
     return Plan(segments, history_size, steps[0].initial, np.float64(t_start), np.float64(t_end), solver)
+
+
+def build_plan_from_arrays(initial: Step, rows: Dict[str, np.ndarray], kind: str, history_size: int,
+                          final_steps: Sequence[Step], t_start: float, t_end: float, solver=None, *,
+                          bulk_push: str = "post", last_step: Optional[Dict[str, np.ndarray]] = None) -> Plan:
+    """A multistep plan from vectorised coefficients: ``initial``, then ``n`` update steps, then ``final_steps``.
+
+    ``rows`` holds the executor arrays of the ``n`` updates (leading axis ``n``).  With
+    ``bulk_push="post"`` (multistep with a post-evaluation) they need ``out_state``, ``out_history``,
+    ``time``, ``post_alpha``, ``post_sigma``, ``step_index``, ``order``, ``phi``; with ``"stage0"``
+    (UniPC: one stage whose output is pushed) also the one-stage ``stage_*`` and ``out_stage``.  The
+    last update has no evaluation after it (and, with ``"stage0"``, no stage: ``last_step`` gives its
+    ``out_state`` and ``out_history``).  The result equals :func:`build_plan_from_steps` of the same steps.
+    """
+    head = build_plan_from_steps([initial], t_start, t_end)
+    n = rows["out_state"].shape[0]
+    first = _widen_history(head.segments[0].arrays, history_size)
+    segments = [Segment(head.segments[0].structure._replace(masks=_masks(first, 1)), first)]
+    stages = 1 if bulk_push == "stage0" else 0
+    for start, stop, bulk in ((0, n - 1, True), (n - 1, n, False)):
+        if stop <= start:
+            continue
+        length = stop - start
+        arrays = {name: np.asarray(value[start:stop]) for name, value in rows.items()}
+        num_stages = stages if bulk else 0
+        if not bulk and last_step is not None:
+            arrays.update({name: np.asarray(value) for name, value in last_step.items()})
+        if num_stages == 0:
+            arrays.update({"stage_time": np.zeros((length, 0)), "stage_alpha": np.ones((length, 0)),
+                           "stage_sigma": np.ones((length, 0)), "stage_state": np.zeros((length, 0)),
+                           "stage_stage": np.zeros((length, 0, 0)),
+                           "stage_history": np.zeros((length, 0, history_size)), "out_stage": np.zeros((length, 0))})
+        post = bulk and bulk_push == "post"
+        if not post:
+            arrays["post_alpha"] = np.ones((length,))
+            arrays["post_sigma"] = np.ones((length,))
+        for name in EXECUTED:
+            if name != "step_index" and not np.all(np.isfinite(arrays[name])):
+                raise ValueError(
+                    f"the plan has non-finite coefficients ({name}); the time grid is degenerate "
+                    f"(repeated or out-of-range times): check steps, t_start and t_end")
+        structure = SegmentStructure(num_stages, post, bulk_push if bulk else None, kind, True, length,
+                                     _masks(arrays, num_stages))
+        segments.append(Segment(structure, arrays))
+    if final_steps:
+        tail = build_plan_from_steps(list(final_steps), t_start, t_end)
+        for segment in tail.segments:
+            arrays = _widen_history(segment.arrays, history_size)
+            arrays["step_index"] = arrays["step_index"] + n + 1
+            structure = segment.structure._replace(masks=_masks(arrays, segment.num_stages))
+            segments.append(Segment(structure, arrays))
+    return Plan(_merge_equal_segments(segments), history_size, True, np.float64(t_start), np.float64(t_end), solver)
+
+
+def _merge_equal_segments(segments: List[Segment]) -> List[Segment]:
+    """Consecutive segments of one structure become one (one scan), as :func:`build_plan_from_steps` groups them."""
+    merged: List[Segment] = []
+    for segment in segments:
+        s = segment.structure
+        if merged:
+            p = merged[-1].structure
+            if (p.num_stages, p.post_evaluation, p.push, p.kind, p.record) == (s.num_stages, s.post_evaluation, s.push,
+                                                                                s.kind, s.record):
+                arrays = {name: np.concatenate([np.asarray(merged[-1].arrays[name]), np.asarray(value)])
+                          for name, value in segment.arrays.items()}
+                structure = p._replace(length=p.length + s.length, masks=_masks(arrays, s.num_stages))
+                merged[-1] = Segment(structure, arrays)
+                continue
+        merged.append(segment)
+    return merged
+
+
+def _widen_history(arrays: Dict[str, np.ndarray], history_size: int) -> Dict[str, np.ndarray]:
+    """The arrays with history axes zero-padded (on the oldest side) to ``history_size``."""
+    arrays = dict(arrays)
+    for name in ("stage_history", "out_history"):
+        missing = history_size - arrays[name].shape[-1]
+        if missing > 0:
+            arrays[name] = np.concatenate([np.zeros(arrays[name].shape[:-1] + (missing,)), arrays[name]], axis=-1)
+    return arrays
 
 
 # -- stacking plans of equal structure (vmap over plans) ----------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-from scire_jax.core.plans import Combination, Plan, Step, build_plan_from_steps
+from scire_jax.core.plans import Combination, Plan, Step, build_plan_from_arrays, build_plan_from_steps
 from scire_jax.core.timesteps import SKIP_TYPES, time_grid
 
 __all__ = ["Solver", "ORDERS", "check_choice", "check_int", "agile_orders", "ScaledSpace", "coefficients",
@@ -235,6 +235,10 @@ class Solver(abc.ABC):
     def build_plan(self, schedule) -> Plan:
         """The validated host-side plan of this solver on ``schedule`` (see :mod:`scire_jax.core.plans`)."""
         t_start, t_end = self.time_range(schedule)
+        if self.method == "multistep":
+            fast = self._vectorised_multistep_plan(schedule, t_start, t_end)
+            if fast is not None:
+                return fast
         steps = list(self.write_steps(schedule, t_start, t_end))
         if self.denoise_to_zero:
             steps.append(denoise_step(schedule, t_end))
@@ -286,6 +290,50 @@ class Solver(abc.ABC):
                     post_evaluation=None if last else coefficients(schedule, grid[i]),
                     push=None if last else "post", kind=self.model_kind, order=order,
                     phi=self.step_phi(i, order))
+
+    def multistep_orders(self) -> np.ndarray:
+        """:meth:`multistep_order` of every step ``i = 1..steps`` as an int array."""
+        n, p = self.steps, self.order
+        i = np.arange(1, n + 1)
+        lower = self.lower_order_final and (self.lower_order_final_below is None or n < self.lower_order_final_below)
+        return np.where(i < p, i, np.minimum(p, n + 1 - i) if lower else p)
+
+    def multistep_arrays(self, schedule, grid: np.ndarray, orders: np.ndarray):
+        """Vectorised multistep coefficients, or None (then the steps are written one by one).
+
+        Returns ``(state, history, phi)``: for every step ``i = 1..steps`` the coefficient of ``x``
+        (shape ``(steps,)``), of the history outputs by age 1, 2, 3 (shape ``(steps, 3)``) and the phi
+        shown by :meth:`scire_jax.core.plans.Plan.summary` (NaN where none).  Equal to
+        :meth:`multistep_combination` step by step; lets a 100,000-step plan build in well under a second.
+        """
+        return None
+
+    def _vectorised_multistep_plan(self, schedule, t_start: float, t_end: float) -> Optional[Plan]:
+        grid = self.grid(schedule, t_start, t_end, self.steps)
+        orders = self.multistep_orders()
+        arrays = self.multistep_arrays(schedule, grid, orders)
+        if arrays is None:
+            return None
+        state, history, phi = arrays
+        n = self.steps
+        size = int(max(int(orders.max()), 1))
+        alpha = np.asarray(schedule.alpha(grid), dtype=np.float64)
+        sigma = np.asarray(schedule.sigma(grid), dtype=np.float64)
+        rows = {
+            "out_state": np.asarray(state, dtype=np.float64),
+            "out_history": np.zeros((n, size)),
+            "time": np.asarray(grid[1:], dtype=np.float64),
+            "post_alpha": np.append(alpha[1:n], 1.0),
+            "post_sigma": np.append(sigma[1:n], 1.0),
+            "step_index": np.arange(1, n + 1, dtype=np.int32),
+            "order": orders.astype(np.float64),
+            "phi": np.asarray(phi, dtype=np.float64),
+        }
+        for age in range(1, size + 1):  # history slot H - age holds the output of that age
+            rows["out_history"][:, size - age] = history[:, age - 1]
+        extra = [denoise_step(schedule, t_end)] if self.denoise_to_zero else []
+        return build_plan_from_arrays(initial_step(schedule, grid[0], self.model_kind), rows, self.model_kind,
+                                      size, extra, t_start, t_end, self)
 
     def multistep_combination(self, schedule, grid: np.ndarray, i: int, order: int) -> Combination:
         """The x-space update of multistep step ``i`` from the history at ``grid[i - order .. i - 1]``."""

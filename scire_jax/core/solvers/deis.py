@@ -105,6 +105,34 @@ class DEIS(base.Solver):
     def label(self) -> str:
         return f"DEIS-{self.order}"
 
+    def multistep_arrays(self, schedule, grid, orders):
+        """The closed-form weights of the module docstring for all steps at once (numpy)."""
+        n = self.steps
+        grid = np.asarray(grid, dtype=np.float64)
+        rho = np.asarray(schedule.nsr(grid), dtype=np.float64)
+        alpha = np.asarray(schedule.alpha(grid), dtype=np.float64)
+        i = np.arange(1, n + 1)
+        rho_t, rho_0 = rho[i], rho[i - 1]
+        rho_1, rho_2 = rho[np.maximum(i - 2, 0)], rho[np.maximum(i - 3, 0)]
+        weights = np.zeros((n, 3))
+        weights[:, 0] = rho_t - rho_0
+        with np.errstate(divide="ignore", invalid="ignore"):  # entries of lower-order steps are discarded
+            v = np.log(rho_t / rho_0)
+
+            def bracket(f):  # [rho F(v)]_0^{v_t}
+                return rho_t * f(v) - rho_0 * f(np.zeros(n))
+
+            two = orders == 2
+            w = np.log(rho_1 / rho_0)
+            weights[two, 0] = (bracket(lambda x: x - w - 1.0) / (-w))[two]
+            weights[two, 1] = (bracket(lambda x: x - 1.0) / w)[two]
+            three = orders == 3
+            w1, w2 = w, np.log(rho_2 / rho_0)
+            weights[three, 0] = (bracket(lambda x: (x - w1) * (x - w2) - (2.0 * x - w1 - w2) + 2.0) / (w1 * w2))[three]
+            weights[three, 1] = (bracket(lambda x: x * (x - w2) - (2.0 * x - w2) + 2.0) / (w1 * (w1 - w2)))[three]
+            weights[three, 2] = (bracket(lambda x: x * (x - w1) - (2.0 * x - w1) + 2.0) / (w2 * (w2 - w1)))[three]
+        return alpha[i] / alpha[i - 1], weights * alpha[i][:, None], np.full(n, np.nan)
+
     def multistep_combination(self, schedule, grid, i: int, order: int) -> Combination:
         times = np.asarray(grid[i - order:i + 1], dtype=np.float64)  # the order's history points, then the target
         rhos = np.asarray(schedule.nsr(times))

@@ -129,6 +129,44 @@ class DPMSolver(base.Solver):
         weights = _add({first: -exponential.phi_1(h)}, terms)
         return ratio, _scaled(weights, coef)
 
+    def multistep_arrays(self, schedule, grid, orders):
+        """The multistep updates of :meth:`multistep_terms`, for all steps at once (numpy)."""
+        n = self.steps
+        grid = np.asarray(grid, dtype=np.float64)
+        lam = np.asarray(schedule.log_snr(grid), dtype=np.float64)
+        log_alpha = np.asarray(schedule.log_alpha(grid), dtype=np.float64)
+        alpha = np.asarray(schedule.alpha(grid), dtype=np.float64)
+        sigma = np.asarray(schedule.sigma(grid), dtype=np.float64)
+        data = self.model_kind == "data"
+        i = np.arange(1, n + 1)
+        h = lam[i] - lam[i - 1]
+        if data:
+            ratio, coef = sigma[i] / sigma[i - 1], alpha[i]
+            phi_1 = np.expm1(-h)
+            phi_2 = phi_1 / h + 1.0
+        else:
+            ratio, coef = np.exp(log_alpha[i] - log_alpha[i - 1]), sigma[i]
+            phi_1 = np.expm1(h)
+            phi_2 = phi_1 / h - 1.0
+        phi_3 = phi_2 / h - 0.5
+        sign = -1.0 if data else 1.0
+        weights = np.zeros((n, 3))
+        weights[:, 0] = -phi_1
+        with np.errstate(divide="ignore", invalid="ignore"):  # entries of lower-order steps are discarded
+            r0 = (lam[i - 1] - lam[np.maximum(i - 2, 0)]) / h
+            r1 = (lam[np.maximum(i - 2, 0)] - lam[np.maximum(i - 3, 0)]) / h
+            d1_0 = np.stack([1.0 / r0, -1.0 / r0, np.zeros(n)], axis=1)
+            two = orders == 2
+            factor = -0.5 * phi_1 if self.solver_type == "dpmsolver" else -sign * phi_2
+            weights[two] += (d1_0 * factor[:, None])[two]
+            d1_1 = np.stack([np.zeros(n), 1.0 / r1, -1.0 / r1], axis=1)
+            difference = d1_0 - d1_1
+            d1 = d1_0 + difference * (r0 / (r0 + r1))[:, None]
+            d2 = difference / (r0 + r1)[:, None]
+            three = orders == 3
+            weights[three] += (d1 * (-sign * phi_2)[:, None] + d2 * (-phi_3)[:, None])[three]
+        return ratio, weights * coef[:, None], np.full(n, np.nan)
+
     def multistep_combination(self, schedule, grid, i: int, order: int) -> Combination:
         return self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], order)
 

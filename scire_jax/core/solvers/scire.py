@@ -201,6 +201,41 @@ class SciRE(base.Solver):
     def step_phi(self, i: int, order: int) -> float:
         return self._multistep_phi(i) if order > 1 else float("nan")
 
+    def multistep_arrays(self, schedule, grid, orders):
+        """The multistep updates of :meth:`multistep_weights`, for all steps at once (numpy)."""
+        n = self.steps
+        grid = np.asarray(grid, dtype=np.float64)
+        nsr = np.asarray(schedule.nsr(grid), dtype=np.float64)
+        u = nsr if self.algorithm == "v1" else 1.0 / nsr
+        scale = np.asarray(schedule.alpha(grid) if self.algorithm == "v1" else schedule.sigma(grid), dtype=np.float64)
+        i = np.arange(1, n + 1)
+        h = u[i] - u[i - 1]
+        if self.phi == "official":
+            phi = np.asarray(multistep_phi_schedule(n, self.order), dtype=np.float64)
+        else:
+            phi = np.full(n, float(self.phi))
+        nsr_t, nsr_p0 = nsr[i], nsr[i - 1]
+        nsr_p1, nsr_p2 = nsr[np.maximum(i - 2, 0)], nsr[np.maximum(i - 3, 0)]
+        weights = np.zeros((n, 3))
+        weights[:, 0] = h
+        with np.errstate(divide="ignore", invalid="ignore"):  # entries of lower-order steps are discarded
+            two = orders == 2
+            rho = np.log(nsr_p1 / nsr_p0) / np.log(nsr_p0 / nsr_t)
+            correction = h / (2.0 * phi) / np.power(rho, 0.25)
+            weights[two, 0] = (h + correction)[two]
+            weights[two, 1] = -correction[two]
+            three = orders == 3
+            a0 = phi * (nsr_p0 - nsr_p1) / (nsr_t - nsr_p0)
+            a1 = (phi / (1.0 + phi)) * (nsr_p1 - nsr_p2) / (nsr_p0 - nsr_p1)
+            c1 = h / (2.0 * a0 * phi)
+            c2 = h / (6.0 * a0 * phi * a1 * phi)
+            weights[three, 0] = (h + c1 + c2)[three]
+            weights[three, 1] = (-c1 - 2.0 * c2)[three]
+            weights[three, 2] = c2[three]
+        scale_to = scale[i]
+        shown_phi = np.where(orders > 1, phi, np.nan)
+        return scale_to / scale[i - 1], weights * scale_to[:, None], shown_phi
+
     def multistep_combination(self, schedule, grid, i: int, order: int) -> Combination:
         return self.multistep_update(schedule, grid[max(i - 3, 0):i + 1], order, self._multistep_phi(i))
 
