@@ -247,6 +247,19 @@ class Config:
     name: str = ""  # the registry name
 
 
+def _fit_budget(entry, budget: int, fields):
+    """The solver with the most steps whose NFE fits the budget (EDM's Heun: 2 N - 1 evaluations for N steps)."""
+    import scire_jax as sj
+
+    reference = sj.schedules.linear()  # the NFE depends on the configuration only, not on the schedule
+    steps = budget
+    solver = entry.make(steps, **fields)
+    while sj.plan(solver, reference).nfe > budget and steps > 1:
+        steps -= 1
+        solver = entry.make(steps, **fields)
+    return solver
+
+
 def _configs(grid: Grid, steps: int) -> List[Config]:
     out: List[Config] = []
     with warnings.catch_warnings():
@@ -260,7 +273,7 @@ def _configs(grid: Grid, steps: int) -> List[Config]:
                     continue
                 fields = {field: sweep.values.get(field, {}).get(value, value) for field, value in names.items()}
                 try:
-                    solver = entry.make(steps, **fields)
+                    solver = _fit_budget(entry, steps, fields)
                 except (TypeError, ValueError):
                     continue
                 text = {f.name: getattr(solver, f.name) for f in dataclasses.fields(solver)}

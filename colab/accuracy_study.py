@@ -97,7 +97,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import scire_jax as sj
-from scire_jax import analytic
+from scire_jax.models import analytic
 
 NUM_SAMPLES = 32 if SMOKE else 512
 NFES = (5, 10, 20) if SMOKE else (5, 6, 8, 10, 12, 15, 20, 30, 50)

@@ -227,7 +227,7 @@ def test_spec_reference_values():
 
 @pytest.mark.parametrize("schedule", [sj.schedules.linear(), sj.schedules.cosine(), sj.schedules.edm(),
                                       sj.schedules.discrete(betas=DDPM_BETAS)], ids=lambda s: s.name)
-def test_inverses_round_trip_in_numpy_and_jax(schedule):
+def test_inverses_round_trip_in_numpy_and_jax(x64, schedule):
     t = np.linspace(schedule.t_min, schedule.t_max, 7)
     np.testing.assert_allclose(schedule.inverse_nsr(schedule.nsr(t)), t, rtol=1e-9)
     np.testing.assert_allclose(schedule.inverse_log_snr(schedule.log_snr(t)), t, rtol=1e-9)
@@ -284,7 +284,7 @@ def test_plan_is_printable_and_cached():
     assert "NFE = 10" in text
 
 
-def test_dynamic_thresholding_per_sample_quantile():
+def test_dynamic_thresholding_per_sample_quantile(x64):
     x0 = jnp.stack([jnp.linspace(-3, 3, 100), jnp.linspace(-0.5, 0.5, 100)])
     out = sj.dynamic_thresholding(x0, 0.995, 1.0)
     q = np.quantile(np.abs(np.asarray(x0[0])), 0.995)

@@ -98,7 +98,7 @@ mnist_fn = sj.make_sampler(sj.DDIM(steps=2), mnist_schedule, mnist.noise_fn(), m
 assert jax.jit(mnist_fn, static_argnums=2)(mnist_params, key, (8, 16, 16, 1)).shape == (8, 16, 16, 1)
 print("ok restored params under a mesh")
 
-from scire_jax import cli  # noqa: E402
+from scire_jax.apps import cli  # noqa: E402
 
 with tempfile.TemporaryDirectory() as folder:
     outputs = {}
