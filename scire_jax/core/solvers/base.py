@@ -298,7 +298,8 @@ class Solver(abc.ABC):
         lower = self.lower_order_final and (self.lower_order_final_below is None or n < self.lower_order_final_below)
         return np.where(i < p, i, np.minimum(p, n + 1 - i) if lower else p)
 
-    def multistep_arrays(self, schedule, grid: np.ndarray, orders: np.ndarray):
+    def multistep_arrays(self, schedule, grid: np.ndarray, orders: np.ndarray
+                         ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Vectorised multistep coefficients, or None (then the steps are written one by one).
 
         Returns ``(state, history, phi)``: for every step ``i = 1..steps`` the coefficient of ``x``
