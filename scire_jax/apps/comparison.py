@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -43,7 +43,8 @@ def solver_label(solver) -> str:
 
 
 def sample_in_chunks(sample_fn: Callable, params, key, shape: Sequence[int], batch_size: Optional[int] = None,
-                     progress: Optional[str] = None, stream=None) -> np.ndarray:
+                     progress: Optional[str] = None, stream=None,
+                     chunk_params: Optional[Callable[[int, int], Any]] = None) -> np.ndarray:
     """Draw ``shape[0]`` samples in chunks of ``batch_size`` with one compilation.
 
     ``sample_fn`` is a :func:`scire_jax.make_sampler` (or sharded) sampler; chunk ``k`` draws samples
@@ -58,6 +59,9 @@ def sample_in_chunks(sample_fn: Callable, params, key, shape: Sequence[int], bat
       batch_size: chunk size (default: ``n``, one chunk).
       progress: a label: show a progress bar (samples, samples/s) on ``stream`` (default stderr;
         shown on a terminal or when forced, see :func:`scire_jax.apps.progress.progress`).
+      chunk_params: optional ``chunk_params(first, batch) -> params`` of the chunk starting at sample
+        ``first`` (e.g. with that chunk's per-sample class labels; same shapes for every chunk), used
+        instead of ``params``.
 
     Returns:
       numpy array of ``shape``.
@@ -68,7 +72,8 @@ def sample_in_chunks(sample_fn: Callable, params, key, shape: Sequence[int], bat
     chunks = []
     with progress_bar(count, progress, "sample", True if progress is None else None, file=stream) as bar:
         for first in range(0, count, batch):
-            chunk = np.asarray(compiled(params, key, (batch,) + tuple(shape[1:]), first))
+            chunk_in = params if chunk_params is None else chunk_params(first, batch)
+            chunk = np.asarray(compiled(chunk_in, key, (batch,) + tuple(shape[1:]), first))
             chunks.append(chunk[:min(batch, count - first)])
             bar.update(len(chunks[-1]))
     return np.concatenate(chunks, axis=0)
@@ -137,12 +142,14 @@ def compare_solvers(noise_fn: Callable, params, schedule, specs: Sequence[str], 
         for solver in per_budget.values():
             sampling.plan(solver, schedule)  # every plan validated before any sampling
     sampling.plan(reference_solver, schedule)
-    score = None
+    score: Optional[Callable[[np.ndarray], Dict[str, float]]] = None
     if with_metrics:
         from scire_jax.apps import metrics as metrics_lib
 
-        def score(x):
+        def score_metrics(x):
             return metrics_lib.sample_metrics(np.clip(x, -1.0, 1.0), metrics_name)
+
+        score = score_metrics
     if mesh is not None:
         from scire_jax.core.sharding import replicate
 

@@ -158,7 +158,11 @@ def inception_features(images, params, batch_size: int = 250, mesh: jax.sharding
     batch = min(batch_size, count)
     if mesh is None:
         params = jax.device_put(params)
-        put = jnp.asarray
+
+        def put_local(chunk):
+            return jnp.asarray(chunk)
+
+        put = put_local
     else:
         axis_name = mesh.axis_names[0] if axis_name is None else axis_name
         if axis_name not in mesh.axis_names:
@@ -168,8 +172,10 @@ def inception_features(images, params, batch_size: int = 250, mesh: jax.sharding
         params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
         batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
 
-        def put(chunk):
+        def put_sharded(chunk):
             return jax.device_put(chunk, batch_sharding)
+
+        put = put_sharded
 
     fn = _extractor(precision, mesh, axis_name if mesh is not None else None)
     offset, span = np.float32(offset), np.float32(span)
@@ -184,6 +190,7 @@ def inception_features(images, params, batch_size: int = 250, mesh: jax.sharding
         if pending is not None:  # copy the previous batch while this one runs
             out[pending[0]:pending[0] + pending[1]] = np.asarray(pending[2])[:pending[1]]
         pending = (start, valid, result)
+    assert pending is not None  # count >= 1 was checked above
     out[pending[0]:pending[0] + pending[1]] = np.asarray(pending[2])[:pending[1]]
     return out
 
@@ -214,7 +221,7 @@ def _sqrtm(matrix: np.ndarray) -> np.ndarray:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        return scipy.linalg.sqrtm(matrix)
+        return np.asarray(scipy.linalg.sqrtm(matrix))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:

@@ -683,7 +683,7 @@ def sample_data(model: Model, key, n: int, condition: Optional[int] = None, dtyp
     """
     dtype = jnp.result_type(float) if dtype is None else dtype
     if isinstance(model, ConditionalGaussians):
-        model = model.conditional(0 if condition is None else condition)
+        model = model.conditional(0 if condition is None else condition)  # pyright: ignore[reportAssignmentType]
     elif condition is not None:
         raise ValueError(f"{type(model).__name__} takes no condition")
     if isinstance(model, Gaussian):
@@ -764,7 +764,7 @@ def _integrate(y_start, condition, u_start, u_end, *, model, schedule, solver, r
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field), _diffrax_solver(solver), t0=u_start, t1=u_end, dt0=None, y0=y_start,
         args=condition, stepsize_controller=controller, saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
-    return solution.ys[0], solution.stats["num_steps"]
+    return solution.ys[0], solution.stats["num_steps"]  # pyright: ignore[reportOptionalSubscript]
 
 
 def reference_solution(model: Model, schedule, x_start, t_start: float, t_end: float, rtol: float = 1e-10,
@@ -826,4 +826,4 @@ def ode_solution(model: Model, schedule, x_start, t_start: float, t_end: float, 
     """Exact ODE solution: :func:`gaussian_flow` for a :class:`Gaussian`, else :func:`reference_solution`."""
     if isinstance(model, Gaussian):
         return gaussian_flow(model, schedule, x_start, t_start, t_end)
-    return reference_solution(model, schedule, x_start, t_start, t_end, **kwargs)
+    return reference_solution(model, schedule, x_start, t_start, t_end, **kwargs)  # pyright: ignore[reportReturnType]

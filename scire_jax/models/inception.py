@@ -49,7 +49,10 @@ _Pair = int | tuple[int, int]
 
 
 def _pair(value: _Pair) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+    if isinstance(value, int):
+        return (value, value)
+    first, second = value
+    return (first, second)
 
 
 # -- resizing ---------------------------------------------------------------------------------------

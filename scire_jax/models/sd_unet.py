@@ -515,6 +515,7 @@ class UNet2DConditionModel(nn.Module):
                 jax.ShapeDtypeStruct((batch,), jnp.float32),
                 jax.ShapeDtypeStruct((batch, seq_len, self.cross_attention_dim[0]), jnp.float32)]
         if self.addition_embed_type == "text_time":
+            assert self.projection_class_embeddings_input_dim is not None and self.addition_time_embed_dim is not None
             text_dim = self.projection_class_embeddings_input_dim - 6 * self.addition_time_embed_dim
             args += [jax.ShapeDtypeStruct((batch, text_dim), jnp.float32),
                      jax.ShapeDtypeStruct((batch, 6), jnp.float32)]

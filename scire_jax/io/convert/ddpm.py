@@ -73,7 +73,7 @@ def ddpm_model_config(config: Union[Mapping[str, Any], str, Path]) -> Dict[str, 
         raise ValueError(f"DDPM config must be a dict or a JSON file path, got {type(config).__name__}")
     if isinstance(config.get("model"), Mapping):
         model = dict(config["model"])
-        data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
+        data: Mapping[str, Any] = config["data"] if isinstance(config.get("data"), Mapping) else {}
         if "resolution" not in model and "image_size" in data:
             model["resolution"] = data["image_size"]
         if "in_channels" not in model and "channels" in data:
