@@ -601,7 +601,10 @@ def execute_plan(plan: Plan, evaluate: Callable, x: jax.Array, *, return_traject
                 assert pushed is not None  # a "post" push always has a post-evaluation (build_plan_from_steps)
                 hist = jnp.concatenate([hist[1:], pushed[None].astype(dtype)], axis=0)
             if callback is not None:
-                jax.debug.callback(callback, row["step_index"], row["time"], ordered=True)
+                # unordered (ordered effects are refused on several devices); one element of the new
+                # state makes the call wait for the step's work instead of firing on plan constants
+                jax.debug.callback(lambda step, t, _done: callback(step, t), row["step_index"], row["time"],
+                                   new_state.reshape(-1)[0])
             return (new_state.astype(dtype), hist), (new_state if (return_trajectory and segment.record) else None)
 
         (x, history), recorded = jax.lax.scan(body, (x, history), rows)

@@ -181,7 +181,9 @@ class WrappedModel:
         t_input = self.network_time(t)
         guidance = self.guidance
         if isinstance(guidance, ClassifierFree):
-            if guidance.scale == 1.0 or guidance.unconditional_condition is None:
+            # a Python 1.0 needs no unconditional half; a traced scale always takes the batched call
+            scale_is_one = isinstance(guidance.scale, (int, float)) and guidance.scale == 1.0
+            if scale_is_one or guidance.unconditional_condition is None:
                 return self._to_noise(self._call_network(params, x, t_input, guidance.condition), x, alpha, sigma)
             x_in = jnp.concatenate([x, x], axis=0)
             t_in = jnp.concatenate([t_input, t_input], axis=0)
