@@ -317,7 +317,7 @@ def resolve(grid: Grid, selectors: Sequence[Selector], configs: Optional[List[Co
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    solver = entry.make(steps, **fields)
+                    solver = _fit_budget(entry, steps, fields)
             except (TypeError, ValueError):
                 continue
             label = by_solver.get((name, solver))
