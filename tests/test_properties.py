@@ -15,7 +15,7 @@ import scire_jax as sj
 from scire_jax.core.solvers import registry
 
 SCHEDULES = {"linear": sj.schedules.linear(), "discrete": sj.schedules.discrete(betas=np.linspace(1e-4, 0.02, 1000))}
-PROPERTY_SETTINGS = settings(max_examples=25, deadline=None,
+PROPERTY_SETTINGS = settings(max_examples=15, deadline=None,
                              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
