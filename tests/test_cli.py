@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from scire_jax.io import checkpoints
 from scire_jax.apps import cli
+from scire_jax.io import checkpoints
 from scire_jax.models import UNet2D
 
 TINY_CONFIG = {

@@ -115,6 +115,72 @@ def _add_sample_parser(subparsers):
     parser.add_argument("--out", default="samples.png", help="output .png (grid) or .npz (arrays in [-1, 1])")
     parser.add_argument("--scale", type=_positive_int("scale"), default=4, help="PNG upscaling factor (default 4)")
     parser.add_argument("--progress", action="store_true", help="also print one line per solver step")
+    _add_class_arguments(parser)
+
+
+def _add_class_arguments(parser):
+    """Class-conditional / classifier-guided sampling and the network dtype (ADM / improved-DDPM models)."""
+    parser.add_argument("--class-label", type=int, default=None,
+                        help="class of every sample (class-conditional models and --classifier; default: a random "
+                             "label per sample, drawn from --seed)")
+    parser.add_argument("--classifier", default=None,
+                        help="noisy classifier for guidance: a folder from `scire-jax convert X_classifier.pt DIR "
+                             "--config imagenetN_classifier`")
+    parser.add_argument("--classifier-scale", type=float, default=None,
+                        help="guidance scale s: eps - s sigma_t grad log p(y|x_t) (default: the classifier's official "
+                             "scale, else 1)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="network compute dtype (default float32; the solver always runs in float32)")
+    parser.add_argument("--schedule", choices=("trained", "official_vp"), default=None,
+                        help="ADM / improved-DDPM: the training schedule (default) or the official SciRE runner's "
+                             "continuous linear VP schedule")
+
+
+def _class_conditioning(args, model, params, key, batch: int, mesh):
+    """``(noise_fn, chunk_params, description)`` for class labels / classifier guidance, else None."""
+    from scire_jax.io import adm_loading
+
+    flags = {"--class-label": args.class_label, "--classifier": args.classifier,
+             "--classifier-scale": args.classifier_scale}
+    if model.conditioning != "class" and all(value is None for value in flags.values()):
+        return None
+    if args.classifier_scale is not None and args.classifier is None:
+        raise CommandError(f"--classifier-scale={args.classifier_scale} is not allowed without --classifier")
+    classifier = None
+    if args.classifier is not None:
+        _status(f"loading classifier {args.classifier!r} ...")
+        try:
+            classifier = adm_loading.load_classifier(args.classifier, dtype=_dtype_from_args(args))
+        except (ValueError, OSError, ImportError) as error:
+            raise CommandError(f"--classifier={args.classifier!r}: {error}") from None
+    scale = args.classifier_scale
+    if scale is None and classifier is not None:  # the official scale of a released classifier, else 1
+        scale = classifier.classifier_scale if classifier.classifier_scale is not None else 1.0
+    num_classes = model.num_classes or (classifier.num_classes if classifier is not None else None)
+    place = None
+    if mesh is not None:
+        import functools
+
+        from scire_jax.core.sharding import replicate
+
+        place = functools.partial(replicate, mesh=mesh)
+    try:
+        noise_fn = adm_loading.class_conditional_noise_fn(model, classifier)
+        labels = adm_loading.class_labels(key, args.num, num_classes, args.class_label)
+        chunk_params = adm_loading.chunked_sampling_params(model, labels, min(batch, args.num), classifier, scale,
+                                                           place, model_params=params)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    what = f"class {args.class_label}" if args.class_label is not None else "random classes from --seed"
+    if classifier is not None:
+        what += f", classifier guidance scale {scale:g}"
+    return noise_fn, chunk_params, what
+
+
+def _dtype_from_args(args):
+    import jax.numpy as jnp
+
+    return None if getattr(args, "dtype", None) in (None, "float32") else jnp.dtype(args.dtype)
 
 
 # CLI flags that set solver fields of the same name
@@ -164,8 +230,11 @@ def _load_model(args):
                            "give one")
     flag, model = ("checkpoint", args.checkpoint) if args.checkpoint is not None else ("model", args.model or DEFAULT_MODEL)
     _status(f"loading {flag} {model!r} ...")
+    options = {"dtype": _dtype_from_args(args)} if _dtype_from_args(args) is not None else {}
+    if getattr(args, "schedule", None) is not None:
+        options["schedule"] = args.schedule
     try:
-        return load_pretrained(model, allow_nonfinite=bool(getattr(args, "allow_nonfinite", False)))
+        return load_pretrained(model, allow_nonfinite=bool(getattr(args, "allow_nonfinite", False)), **options)
     except (ValueError, OSError, ImportError) as error:
         raise CommandError(f"--{flag}={model!r}: {error}") from None
 
@@ -281,6 +350,13 @@ def run_sample(args) -> int:
     shape = (args.num,) + model.sample_shape
     key = seed_key(args.seed)
     what = f"{solver.label()} NFE={nfe}, {args.num} samples of {'x'.join(map(str, model.sample_shape))}"
+    chunk_params = None
+    conditioning = _class_conditioning(args, model, params, key, batch, mesh)
+    if conditioning is not None:  # labels (and the classifier) travel in the params, chunk by chunk
+        noise_fn, chunk_params, labelled = conditioning
+        sample_fn = sj.make_sampler(solver, schedule, noise_fn, callback=callback, mesh=mesh)
+        params = chunk_params(0, min(batch, args.num))
+        what += f", {labelled}"
     start = time.perf_counter()
     if mesh is None:  # compile ahead, so that compiling and sampling are reported apart
         _status(f"compiling the sampler ({what}, batch {batch}) ...")
@@ -290,7 +366,8 @@ def run_sample(args) -> int:
                 f"({args.num * nfe:,} network calls) ...")
     else:
         _status(f"compiling and sampling ({what}, {chunks} batch(es) of {batch} on {devices} devices) ...")
-    samples = sample_in_chunks(sample_fn, params, key, shape, batch, progress="sampling" if chunks > 1 else None)
+    samples = sample_in_chunks(sample_fn, params, key, shape, batch, progress="sampling" if chunks > 1 else None,
+                               chunk_params=chunk_params)
     elapsed = time.perf_counter() - start
     try:
         sj.check_finite(samples)
@@ -488,6 +565,10 @@ def build_parser():
         add_convert_parser(subparsers)
     except ImportError:  # pragma: no cover
         pass
+    from scire_jax.apps.fid_cli import add_fid_parser
+    add_fid_parser(subparsers)
+    from scire_jax.apps.txt2img_cli import add_txt2img_parser
+    add_txt2img_parser(subparsers)
     try:
         from scire_jax.apps.train import add_train_parser
         add_train_parser(subparsers)
@@ -528,6 +609,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "convert":
             from scire_jax.apps.convert_cli import run_convert
             return int(run_convert(args))
+        if args.command == "txt2img":
+            from scire_jax.apps.txt2img_cli import run_txt2img
+            return int(run_txt2img(args))
         if args.command == "train":
             from scire_jax.apps.train import run_train
             return int(run_train(args))

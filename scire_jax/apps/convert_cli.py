@@ -30,12 +30,13 @@ __all__ = ["convert_main", "add_convert_parser", "run_convert", "main"]
 
 def convert_main(src, dst, overwrite: bool = False, ddpm_config: Union[str, Path, dict, None] = None,
                  scheduler_config: Union[str, Path, dict, None] = None, ema: bool = True,
-                 allow_nonfinite: bool = False) -> Dict[str, Any]:
+                 allow_nonfinite: bool = False, adm_config: Union[str, Path, dict, None] = None) -> Dict[str, Any]:
     """Convert ``src`` and save it at ``dst`` with :func:`scire_jax.io.checkpoints.save`.
 
     Args:
       src: a diffusers ``UNet2DModel`` (or pipeline) folder; with ``ddpm_config``, an original-DDPM
-        checkpoint file.
+        checkpoint file; an NVlabs/edm ``*.pkl`` snapshot (read without executing anything:
+        :func:`scire_jax.io.edm_loading.convert_edm_pickle`).
       dst: the checkpoint directory to create (must not exist or be empty, unless ``overwrite``).
       overwrite: replace an existing ``dst`` that is a scire-jax checkpoint (any other non-empty
         directory or file is refused even then: see :func:`scire_jax.io.checkpoints.check_destination`).
@@ -45,6 +46,10 @@ def convert_main(src, dst, overwrite: bool = False, ddpm_config: Union[str, Path
         in ``src`` (required when ``src`` has none).
       ema: for DDIM-style list checkpoints, take the EMA weights (last entry).
       allow_nonfinite: accept NaN / infinite weights (rejected by default).
+      adm_config: a guided-diffusion / improved-DDPM architecture name (``imagenet256``,
+        ``imagenet256_classifier`` ...: :data:`scire_jax.io.convert.adm.ARCHITECTURES`) or a JSON
+        file / dict of the official constructor kwargs plus ``"family"``; ``src`` is then the
+        released ``.pt`` / ``.safetensors`` state dict (see :func:`scire_jax.io.adm_loading.convert_to_checkpoint`).
 
     Returns:
       A summary dict (``dst``, ``source_format``, ``num_params``, ``prediction``, ``num_train_timesteps``).
@@ -67,10 +72,22 @@ def convert_main(src, dst, overwrite: bool = False, ddpm_config: Union[str, Path
 
     src, dst = Path(src), Path(dst)
     checkpoints.check_destination(dst, overwrite)  # before any (possibly long) reading and converting
+    if adm_config is not None:
+        if ddpm_config is not None or scheduler_config is not None:
+            raise ValueError("--config (ADM / improved-DDPM) is not allowed with --ddpm-config or --scheduler-config")
+        from scire_jax.io.adm_loading import convert_to_checkpoint
+
+        return convert_to_checkpoint(src, dst, adm_config, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     if not src.exists():
         raise ValueError(f"source {str(src)!r} does not exist")
     if src.resolve() == dst.resolve() or dst.resolve() in src.resolve().parents:
         raise ValueError(f"destination {str(dst)!r} is (or holds) the source {str(src)!r}: choose another directory")
+    from scire_jax.io.edm_loading import convert_edm_pickle, is_edm_pickle
+
+    if ddpm_config is None and is_edm_pickle(src):  # an NVlabs/edm .pkl: read safely, nothing in it is executed
+        if scheduler_config is not None:
+            raise ValueError("--scheduler-config is not allowed for an EDM pickle: its schedule is recorded in it")
+        return convert_edm_pickle(src, dst, overwrite=overwrite, allow_nonfinite=allow_nonfinite)
     if ddpm_config is not None:
         if isinstance(ddpm_config, (str, Path)):
             ddpm_config = read_json(ddpm_config)
@@ -125,6 +142,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dst", help="checkpoint directory to create")
     parser.add_argument("--ddpm-config", default=None, metavar="JSON",
                         help="DDPM model config (JSON file): SRC is an original-DDPM-layout checkpoint")
+    parser.add_argument("--config", dest="adm_config", default=None, metavar="NAME|JSON",
+                        help="SRC is a guided-diffusion / improved-DDPM .pt/.safetensors file: its architecture "
+                             "(imagenet64, imagenet128, imagenet256, imagenet512, lsun_bedroom, imagenet{128,256,512}"
+                             "_classifier) or a JSON file of the constructor kwargs plus \"family\"")
     parser.add_argument("--scheduler-config", default=None, metavar="JSON",
                         help="diffusers scheduler_config.json to use instead of the one in SRC")
     parser.add_argument("--overwrite", action="store_true",
@@ -144,14 +165,16 @@ def run_convert(args: argparse.Namespace) -> int:
     try:
         summary = convert_main(args.src, args.dst, overwrite=args.overwrite, ddpm_config=args.ddpm_config,
                                scheduler_config=args.scheduler_config, ema=getattr(args, "ema", True),
-                               allow_nonfinite=getattr(args, "allow_nonfinite", False))
+                               allow_nonfinite=getattr(args, "allow_nonfinite", False),
+                               adm_config=getattr(args, "adm_config", None))
     except (ValueError, OSError, ImportError) as error:
         if getattr(args, "debug", False):
             raise
         message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
         print(f"scire-jax convert: error: {message}", file=sys.stderr)
         return 2
-    print(f"wrote {summary['dst']}: {summary['source_format']} UNet2D, {summary['num_params']:,} parameters, "
+    print(summary.get("message") or f"wrote {summary['dst']}: {summary['source_format']} {summary.get('model', 'UNet2D')}, "
+          f"{summary['num_params']:,} parameters, "
           f"{summary['num_train_timesteps']} training steps, prediction={summary['prediction']}")
     return 0
 

@@ -25,67 +25,26 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from scire_jax.core import schedules
-from scire_jax.core.wrapping import wrap_model
 from scire_jax.io import checkpoints
+from scire_jax.io.record import CONDITIONINGS, Pretrained
 from scire_jax.models.unet2d import UNet2D
 
 __all__ = ["PRETRAINED", "CONDITIONINGS", "Pretrained", "load_pretrained", "resolve_path", "make_apply_fn"]
-
-#: what a model's ``apply_fn`` takes besides ``(params, x, t_input)``
-CONDITIONINGS = ("none", "class", "text")
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Pretrained:
-    """A loaded denoiser and everything needed to sample it.
-
-    Attributes:
-      apply_fn: ``apply_fn(params, x, t_input, *cond) -> prediction`` (NHWC ``x``).
-      params: the network variables (uncommitted arrays: usable on one device or under a mesh).
-      schedule: the noise schedule the model was trained with.
-      prediction: ``"noise"``, ``"x_start"`` or ``"v"``.
-      sample_shape: shape of one sample, ``(height, width, channels)``.
-      conditioning: ``"none"``, ``"class"`` (``cond`` = int labels of shape ``(batch,)``) or ``"text"``.
-      num_classes: number of classes for ``"class"`` conditioning, else None.
-      time_input: the network time convention (None: the schedule's default).
-      family: the architecture family (``"unet2d"``, ...).
-      source: the name or path it was loaded from.
-    """
-
-    apply_fn: Callable
-    params: Any
-    schedule: Any
-    prediction: str
-    sample_shape: Tuple[int, ...]
-    conditioning: str = "none"
-    num_classes: Optional[int] = None
-    time_input: Optional[str] = None
-    family: str = "unet2d"
-    source: str = ""
-
-    def noise_fn(self, guidance=None, network_dtype=None):
-        """``sj.wrap_model(apply_fn, schedule, prediction, time_input, guidance, network_dtype=...)``."""
-        return wrap_model(self.apply_fn, self.schedule, prediction=self.prediction, time_input=self.time_input,
-                          guidance=guidance, network_dtype=network_dtype)
-
-    def __repr__(self):
-        return (f"Pretrained(family={self.family!r}, sample_shape={self.sample_shape}, prediction={self.prediction!r}, "
-                f"conditioning={self.conditioning!r}, schedule={self.schedule!r}, source={self.source!r})")
 
 # short name -> asset directory relative to the ``scire_jax`` package (e.g. "assets/mnist").
 PRETRAINED: Dict[str, str] = {"mnist": "assets/mnist"}  # embedded 16x16 MNIST model (docs/embedded_model.md)
 
 PREDICTIONS = ("noise", "x_start", "v")
+
 
 
 def resolve_path(name_or_path) -> Path:
@@ -151,13 +110,22 @@ def _unet2d_record(module: UNet2D, params, schedule, prediction: str, source) ->
                       str(source))
 
 
-def load_pretrained(name_or_path, dtype=None, allow_nonfinite: bool = False) -> Pretrained:
+def load_pretrained(name_or_path, dtype=None, allow_nonfinite: bool = False, *, config=None,
+                    schedule="trained") -> Pretrained:
     """The :class:`Pretrained` record of a registered name, checkpoint or diffusers folder.
 
     Args:
       name_or_path: see the module docstring.
       dtype: computation dtype of the network (parameters stay float32).
       allow_nonfinite: accept NaN / infinite weights (by default they are a ``ValueError``).
+      config: for a released guided-diffusion / improved-DDPM ``.pt`` / ``.safetensors`` file: its
+        architecture name (``"imagenet256"`` ...), a JSON path or a dict (see
+        :mod:`scire_jax.io.adm_loading`, which also reads ``scire-jax convert --config`` output).
+      schedule: ADM / improved-DDPM only: ``"trained"`` (default) or ``"official_vp"`` (the
+        official SciRE runner's continuous linear VP schedule; see :mod:`scire_jax.io.adm_loading`).
+        EDM pickles (``*.pkl``) and their converted checkpoints: ``"trained"`` (default) = ``"edm"``
+        (alpha = 1, sigma = t, ``D(x; sigma)`` as data prediction, as EDM samples), or ``"native"``
+        (VP / iDDPM nets on their VP schedule; see :mod:`scire_jax.io.edm_loading`).
 
     Returns:
       A :class:`Pretrained`: ``apply_fn``, ``params`` (uncommitted arrays), ``schedule``,
@@ -172,6 +140,18 @@ def load_pretrained(name_or_path, dtype=None, allow_nonfinite: bool = False) -> 
     if not isinstance(name_or_path, (str, Path)):
         raise ValueError(f"name_or_path={name_or_path!r} is not allowed: give a registered name "
                          f"({', '.join(sorted(PRETRAINED))}) or a path")
+    from scire_jax.io import adm_loading
+
+    if adm_loading.is_adm_source(name_or_path, config):  # guided-diffusion / improved-DDPM
+        return adm_loading.load_adm(name_or_path, config=config, dtype=dtype, schedule=schedule,
+                                    allow_nonfinite=allow_nonfinite)
+    from scire_jax.io import edm_loading
+
+    if config is None and edm_loading.is_edm_source(name_or_path):  # NVlabs/edm pickles, their converted checkpoints
+        return edm_loading.load_edm(name_or_path, schedule=schedule, dtype=dtype, allow_nonfinite=allow_nonfinite)
+    if schedule != "trained":
+        raise ValueError(f"schedule={schedule!r} is not allowed for {str(name_or_path)!r}: only ADM / improved-DDPM "
+                         "models offer a choice ('trained', 'official_vp')")
     path = resolve_path(name_or_path)
     if not path.is_dir():
         known = f"; registered names: {sorted(PRETRAINED)}" if PRETRAINED else ""
