@@ -202,7 +202,7 @@ def _resolve_dtype(dtype):
     return None if dtype is None else jnp.dtype(dtype)
 
 
-def _float_array(name: str, value, shape) -> np.ndarray:
+def _float_array(name: str, value, shape):
     array = value if isinstance(value, jax.Array) else np.asarray(value)
     if tuple(array.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(array.shape)}, expected {tuple(shape)} (NHWC: batch, "
@@ -424,15 +424,17 @@ def _encode_images(spec: _Spec):
 def _solve(spec: _Spec, params, x_start, context, negative_context, scale):
     solver = spec.solver
     noise_fn = _GuidedNoise(spec, context, negative_context, scale)
-    correct = solver.correct_xt
+    correct: Any = solver.correct_xt
     if spec.progress:
         if correct is None:
             correct = _progress_hook
         else:
             user = correct
 
-            def correct(x, t, step):
+            def correct_then_report(x, t, step):
                 return _progress_hook(user(x, t, step), t, step)
+
+            correct = correct_then_report
     return execute(plan(solver, spec.schedule), noise_fn, params["unet"], x_start,
                    thresholding=solver.thresholding, correct_xt=correct)
 
@@ -451,7 +453,7 @@ def _program(spec: _Spec):
     encode_text, decode = _encode_text(spec), _decode(spec)
 
     if spec.mode == "txt2img":
-        def generate(params, ids, negative_ids, latents, scale):
+        def generate(params, ids, negative_ids, latents, scale):  # pyright: ignore[reportRedeclaration]
             _TRACE_COUNT[0] += 1
             context, negative_context = encode_text(params["text_encoder"], ids, negative_ids)
             x0 = _solve(spec, params, latents.astype(jnp.float32), context, negative_context, scale)
@@ -672,7 +674,7 @@ def image_to_image_solver(pipeline, solver, strength):
             raise ValueError("strength=None is only allowed with a solver with explicit times= (the noise level is "
                              "times[0]); pass a strength in (0, 1]")
         return solver
-    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 < strength <= 1.0:
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0.0 < float(strength) <= 1.0:
         raise ValueError(f"strength={strength!r} is not allowed: it must be in (0, 1] (1: start from t_max)")
     t_start = float(strength) * schedule.t_max
     if solver.times is not None:

@@ -603,8 +603,12 @@ def execute_plan(plan: Plan, evaluate: Callable, x: jax.Array, *, return_traject
             if callback is not None:
                 # unordered (ordered effects are refused on several devices); one element of the new
                 # state makes the call wait for the step's work instead of firing on plan constants
-                jax.debug.callback(lambda step, t, _done: callback(step, t), row["step_index"], row["time"],
-                                   new_state.reshape(-1)[0])
+                report = callback
+
+                def after_step(step, t, _done):
+                    report(step, t)
+
+                jax.debug.callback(after_step, row["step_index"], row["time"], new_state.reshape(-1)[0])
             return (new_state.astype(dtype), hist), (new_state if (return_trajectory and segment.record) else None)
 
         (x, history), recorded = jax.lax.scan(body, (x, history), rows)

@@ -75,8 +75,7 @@ def make_apply_fn(module: UNet2D) -> Callable:
 
 def _model_config(config: Dict[str, Any], where: Path) -> Dict[str, Any]:
     """The UNet2D config of a checkpoint: ``config`` itself, or its ``"model"`` entry (training exports)."""
-    model = config.get("model") if isinstance(config.get("model"), dict) else config
-    model = dict(model)
+    model: Dict[str, Any] = dict(config["model"]) if isinstance(config.get("model"), dict) else dict(config)
     arch = model.pop("arch", "unet2d")
     if arch != "unet2d":
         raise ValueError(f"checkpoint {str(where)!r} holds a model of arch {arch!r}; load_pretrained supports 'unet2d'")
@@ -85,7 +84,7 @@ def _model_config(config: Dict[str, Any], where: Path) -> Dict[str, Any]:
 
 def _schedule_from_checkpoint(config: Dict[str, Any], extra: Dict[str, Any], where: Path):
     """Schedule + prediction from ``extra`` (``betas``, ``prediction``) or ``config`` (``schedule.betas``, ``prediction``)."""
-    schedule_entry = config.get("schedule") if isinstance(config.get("schedule"), dict) else {}
+    schedule_entry: Dict[str, Any] = config["schedule"] if isinstance(config.get("schedule"), dict) else {}
     if schedule_entry.get("type", "discrete") != "discrete":
         raise ValueError(f"checkpoint config['schedule']['type']={schedule_entry['type']!r} is not supported; allowed: 'discrete'")
     betas = extra.get("betas", schedule_entry.get("betas"))
