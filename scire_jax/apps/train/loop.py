@@ -256,6 +256,8 @@ def train(
     from scire_jax.apps.images import image_grid, write_png
     from scire_jax.apps.progress import progress
 
+    # the data first: a missing dataset extra must fail before the run folder exists
+    images, _ = data_lib.load(config.dataset, config.image_size)
     os.makedirs(out_dir, exist_ok=True)
     config_path = os.path.join(out_dir, "config.json")
     log_path = os.path.join(out_dir, "log.csv")
@@ -269,7 +271,6 @@ def train(
         latest = None
     atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2))
 
-    images, _ = data_lib.load(config.dataset, config.image_size)
     data = jnp.asarray(images)
     model = build_model(config.model)
     optimizer, lr_fn = make_optimizer(config)
