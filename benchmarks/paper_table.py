@@ -24,9 +24,10 @@ For every NFE in ``--nfe`` (default 12, 14, 20, 50, 100) it samples ``--num`` im
 
 all on EDM's ``alpha = 1, sigma = t`` coordinates (``load_pretrained``'s default for EDM pickles), the same
 seed (noise and class labels of sample ``i`` are the same for every solver), and computes the FID
-(:func:`scire_jax.apps.fid_cli.compute_fid`; samples quantised to uint8 as EDM's ``generate.py``).  With
-``--chunks-dir`` every run keeps its chunks in ``CHUNKS_DIR/<solver>-nfe<NFE>/``, so an interrupted table
-resumes.  Writes ``paper_table.md``, ``paper_table.json`` and ``paper_table.png`` to ``--out`` (default: the
+(:func:`scire_jax.apps.fid_cli.compute_fid`; samples quantised to uint8 as EDM's ``generate.py``).  Every
+finished cell is recorded in ``paper_table.partial.json`` in ``--out`` and not run again by a rerun of the same
+setting; with ``--chunks-dir`` every run also keeps its chunks in ``CHUNKS_DIR/<solver>-nfe<NFE>/``, so an
+interrupted cell resumes too.  Writes ``paper_table.md``, ``paper_table.json`` and ``paper_table.png`` to ``--out`` (default: the
 current folder).
 """
 
@@ -96,42 +97,63 @@ range is not in the released code, may differ), and the sample seeds and labels 
 """
 
 
-def _reference_images(model, num: int, seed: int, batch_size: int) -> np.ndarray:
+def _reference_images(model, num: int, seed: int, batch_size: int, chunks_dir=None) -> np.ndarray:
     """Plumbing reference: ``num`` samples of the model by EDM Heun at NFE 99 with another seed."""
     from scire_jax.apps import fid_cli
 
     solver = fid_cli.solver_for_nfe("heun", 99, model)
-    images, _, _ = fid_cli.sample_chunks(model, solver, num, batch_size, seed, progress=None)
+    out_dir = None if chunks_dir is None else Path(chunks_dir) / "reference-heun-nfe99"
+    images, _, _ = fid_cli.sample_chunks(model, solver, num, batch_size, seed, out_dir, progress=None)
     return images
 
 
 def run_table(checkpoint, reference: str, inception: Optional[str], num: int, nfes: Sequence[int] = NFES,
               batch_size: int = 500, seed: int = 0, chunks_dir=None, plumbing: bool = False,
               solvers: Sequence[str] = tuple(key for key, _, _ in SOLVERS), inception_batch_size: int = 250,
-              log=print) -> Dict:
-    """Every solver at every NFE: ``{"runs": [...], "info": {...}}`` (see the module docstring)."""
+              partial=None, log=print) -> Dict:
+    """Every solver at every NFE: ``{"runs": [...], "info": {...}}`` (see the module docstring).
+
+    ``partial``: a JSON file updated after every cell; cells of the same setting already in it are
+    not run again (an interrupted table resumes; with ``chunks_dir`` a cell resumes inside, too).
+    """
     import jax
 
     from scire_jax.apps import fid, fid_cli
     from scire_jax.io.pretrained import load_pretrained
 
     model = load_pretrained(checkpoint)
+    model_id = fid_cli.model_digest(model)
+    setting = {"checkpoint_digest": model_id, "num": int(num), "seed": int(seed), "batch_size": int(batch_size),
+               "plumbing": bool(plumbing), "reference": None if plumbing else str(reference)}
+    done: Dict = {}
+    previous_seconds = 0.0
+    if partial is not None and Path(partial).is_file():
+        stored = json.loads(Path(partial).read_text())
+        if stored.get("setting") == setting:
+            done = {(r["key"], r["budget"]): r for r in stored["runs"]}
+            previous_seconds = float(stored.get("seconds", 0.0))
+            log(f"resuming from {partial}: {len(done)} cell(s) done")
     params = fid_cli.load_inception(inception, random_weights=plumbing)
     started = time.perf_counter()
+    todo = [(key, nfe) for key, _, _ in SOLVERS if key in solvers for nfe in nfes if (key, int(nfe)) not in done]
+    mu_sigma = None
     if plumbing:
-        log(f"plumbing: reference = {num} samples of the fixture network by EDM Heun NFE 99, seed {seed + 1}")
-        mu_sigma = fid.image_statistics(_reference_images(model, num, seed + 1, batch_size), params,
-                                        batch_size=inception_batch_size)
         reference_label = f"{num} samples of the same network by EDM Heun NFE 99 (seed {seed + 1})"
+        if todo:
+            log(f"plumbing: reference = {reference_label}")
+            mu_sigma = fid.image_statistics(_reference_images(model, num, seed + 1, batch_size, chunks_dir), params,
+                                            batch_size=inception_batch_size)
     else:
-        mu_sigma = fid.load_reference_statistics(reference, params, batch_size=inception_batch_size)
         reference_label = str(reference)
-    model_id = fid_cli.model_digest(model)
+        mu_sigma = fid.load_reference_statistics(reference, params, batch_size=inception_batch_size)
     runs: List[Dict] = []
     for key, label, spec in SOLVERS:
         if key not in solvers:
             continue
         for nfe in nfes:
+            if (key, int(nfe)) in done:
+                runs.append(done[key, int(nfe)])
+                continue
             solver = fid_cli.solver_for_nfe(spec, nfe, model)
             out_dir = None if chunks_dir is None else Path(chunks_dir) / f"{key}-nfe{nfe}"
             result = fid_cli.compute_fid(model, solver, num, mu_sigma, params, batch_size=batch_size, seed=seed,
@@ -140,10 +162,15 @@ def run_table(checkpoint, reference: str, inception: Optional[str], num: int, nf
             runs.append(result)
             log(f"{label:55s} NFE {result['nfe']:3d} (budget {nfe:3d}): FID {result['fid']:.4f}  "
                 f"[sampling {result['seconds_sampling']:.1f} s, features {result['seconds_features']:.1f} s]")
+            if partial is not None:
+                Path(partial).write_text(json.dumps({"setting": setting, "runs": runs + [
+                    r for k, r in done.items() if r not in runs], "seconds": previous_seconds + time.perf_counter()
+                    - started}, indent=2) + "\n")
     info = {"checkpoint": str(checkpoint), "reference": reference_label, "num": int(num), "seed": int(seed),
             "batch_size": int(batch_size), "nfes": [int(n) for n in nfes], "plumbing": bool(plumbing),
             "inception": "random (init_params(0))" if plumbing else str(inception),
-            "model": repr(model), "model_digest": model_id, "seconds": time.perf_counter() - started,
+            "model": repr(model), "model_digest": model_id,
+            "seconds": previous_seconds + time.perf_counter() - started,
             "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
             "jax": jax.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
             "command": " ".join(["python", "benchmarks/paper_table.py", *sys.argv[1:]])}
@@ -162,6 +189,10 @@ def markdown(table: Dict) -> str:
               f"seed {info['seed']}, checkpoint `{Path(info['checkpoint']).name}`, reference: {info['reference']}, "
               f"Inception: {info['inception']}; {info['backend']} ({len(info['devices'])} device(s)), "
               f"{info['seconds'] / 60:.1f} min in all.", ""]
+    resumed = [run for run in runs if run.get("chunks_reused")]
+    if resumed:
+        lines[-2] += (f" The samples of {len(resumed)} of the {len(runs)} cells were read back from the chunks an "
+                      "interrupted earlier run had written (`--chunks-dir`), so that time excludes their sampling.")
     header = ["solver"] + [f"NFE {n}" for n in nfes]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     labels = {}
@@ -255,13 +286,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.checkpoint is None or args.ref is None or args.inception is None:
             parser.error("--checkpoint, --ref and --inception are required (or --plumbing)")
         checkpoint = args.checkpoint
-    table = run_table(checkpoint, args.ref, args.inception, args.num, args.nfe, args.batch_size, args.seed,
-                      args.chunks_dir, args.plumbing, args.solvers, args.inception_batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / "paper_table.partial.json"
+    table = run_table(checkpoint, args.ref, args.inception, args.num, args.nfe, args.batch_size, args.seed,
+                      args.chunks_dir, args.plumbing, args.solvers, args.inception_batch_size, partial)
     (out / "paper_table.json").write_text(json.dumps(table, indent=2) + "\n")
     plot(table, out / "paper_table.png")
     (out / "paper_table.md").write_text(markdown(table))
+    partial.unlink(missing_ok=True)
     print(f"wrote {out / 'paper_table.md'}, paper_table.json, paper_table.png")
     if args.plumbing:
         print(f"WARNING: {PLUMBING_NOTE}", file=sys.stderr)

@@ -19,7 +19,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 COLAB = ROOT / "colab"
-NOTEBOOKS = ("quickstart", "pretrained_tpu", "accuracy_study", "stable_diffusion_tpu", "imagenet_guided")
+NOTEBOOKS = ("quickstart", "pretrained_tpu", "accuracy_study", "stable_diffusion_tpu", "imagenet_guided",
+             "edm_cifar10_fid")
 # Smoke runs check behaviour, not speed: XLA's CPU backend optimisation level 0 cuts compile times
 # (random initialisation of the stand-in UNets compiles ~4x faster on a busy 2-core machine).
 XLA_FLAGS = ["--xla_backend_optimization_level=0"]
@@ -35,7 +36,8 @@ MAX_BYTES = 300 * 1024
 FINAL_LINE = {"quickstart": "all checks passed", "accuracy_study": "all checks passed",
               "pretrained_tpu": "checks passed, but on the FALLBACK model: RANDOM weights, not google/ddpm-cifar10-32",
               "stable_diffusion_tpu": "checks passed, but on RANDOM smoke weights",
-              "imagenet_guided": "checks passed, but on the FIXTURE weights"}
+              "imagenet_guided": "checks passed, but on the FIXTURE weights",
+              "edm_cifar10_fid": "checks passed in SMOKE mode: the fixture network and RANDOM Inception weights"}
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -134,7 +136,7 @@ def test_notebook_runs_in_smoke_mode(name, monkeypatch, tmp_path):
     outputs = notebook.cells[-1].outputs
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert FINAL_LINE[name] in text, json.dumps(outputs)[:2000]
-    if name in ("pretrained_tpu", "stable_diffusion_tpu", "imagenet_guided"):
+    if name in ("pretrained_tpu", "stable_diffusion_tpu", "imagenet_guided", "edm_cifar10_fid"):
         assert "all checks passed" not in text
     errors = [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
