@@ -22,7 +22,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from scire_jax.core.sampling import MAX_SEED, seed_key
+from scire_jax.apps.arguments import positive_int as _positive_int
+from scire_jax.apps.arguments import seed as _seed
+from scire_jax.core.sampling import seed_key
 from scire_jax.core.solvers.registry import REGISTRY, solver_fields, solver_from_spec
 from scire_jax.io.files import atomic_write, atomic_write_all, check_output_file
 
@@ -34,29 +36,6 @@ LARGE_BYTES = 2 ** 30
 
 class CommandError(Exception):
     """A user error: printed as one line, exit status 2."""
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name}={text!r} is not an integer") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"--{name}={value} is not allowed: it must be >= 1")
-        return value
-    return parse
-
-
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed={text!r} is not an integer") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"--seed={value} is not allowed: it must be an integer in 0 .. 2**64 - 1 "
-                                         f"({MAX_SEED})")
-    return value
 
 
 def _status(text: str) -> None:

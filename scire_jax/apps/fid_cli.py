@@ -55,6 +55,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from scire_jax.apps.arguments import positive_int as _positive_int
+from scire_jax.apps.arguments import seed as _seed
+
 __all__ = ["add_fid_parser", "run_fid", "main", "FIDError", "solver_for_nfe", "sample_labels", "model_digest",
            "run_metadata", "check_chunks", "sample_chunks", "compute_fid", "load_inception", "ENVIRONMENT_INCEPTION",
            "FID_WEIGHTS_URL", "RANDOM_INCEPTION_WARNING"]
@@ -355,29 +358,6 @@ def compute_fid(model, solver, num: int, reference: Tuple[np.ndarray, np.ndarray
 # -- command line --------------------------------------------------------------------------------------------
 
 
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name}={text!r} is not an integer") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"--{name}={value} is not allowed: it must be >= 1")
-        return value
-
-    return parse
-
-
-def _seed(text):
-    from scire_jax.core.sampling import MAX_SEED
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed={text!r} is not an integer") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"--seed={value} is not allowed: it must be in 0 .. 2**64-1")
-    return value
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

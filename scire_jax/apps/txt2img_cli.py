@@ -21,21 +21,11 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from scire_jax.apps.arguments import positive_int as _positive_int
+
 __all__ = ["add_txt2img_parser", "run_txt2img", "main", "UsageError"]
 
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _positive_int(name):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--{name}={text!r} is not an integer") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"--{name}={value} is not allowed: it must be >= 1")
-        return value
-    return parse
 
 
 def add_txt2img_parser(subparsers):
